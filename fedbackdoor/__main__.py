@@ -1,0 +1,3 @@
+from fedbackdoor.cli import main
+
+main()

@@ -1,0 +1,278 @@
+"""Pixel-space backdoor triggers.
+
+A trigger is a mask and a pattern stamped onto whole batches of images, ``x * (1 - mask) + pattern
+* mask``. The same :class:`Trigger` object is applied by malicious clients when they poison their
+data and by the server when it measures backdoor accuracy, so the two can never disagree.
+
+Images are float tensors in ``[0, 1]`` of shape ``[B, C, H, W]``; normalisation happens inside the
+model, so triggers live in pixel space.
+
+References
+----------
+.. [1] T. Gu, B. Dolan-Gavitt and S. Garg, "BadNets: Identifying Vulnerabilities in the Machine
+   Learning Model Supply Chain", arXiv:1708.06733, 2017.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import SupportsIndex
+
+import torch
+from torch import Tensor
+
+__all__ = ["LOCATIONS", "Trigger", "checkerboard", "square"]
+
+#: Named placements of a square trigger; the corner names keep a 1-pixel margin from the border.
+LOCATIONS: tuple[str, ...] = ("bottom_right", "top_left", "top_right", "bottom_left", "center")
+
+_MARGIN = 1
+
+
+# eq=False: the generated __eq__ would compare tensors element-wise and fail on `bool(...)`;
+# identity equality (and hashing) is what a frozen holder of tensors can honestly offer.
+@dataclass(frozen=True, eq=False)
+class Trigger:
+    """A backdoor trigger: which pixels to overwrite and with what.
+
+    Parameters
+    ----------
+    mask : Tensor
+        ``[H, W]`` float in ``[0, 1]``; 1 marks a trigger pixel, 0 leaves the image untouched and a
+        fractional value blends the pattern in.
+    pattern : Tensor
+        ``[C, H, W]`` or ``[1, H, W]`` values in ``[0, 1]``; a single channel is broadcast over the
+        image's channels.
+
+    Notes
+    -----
+    Both tensors are copied on construction, so later in-place edits of the caller's tensors do not
+    change the trigger. With a binary mask, applying the trigger is idempotent and leaves every
+    unmasked pixel bit-identical.
+    """
+
+    mask: Tensor
+    pattern: Tensor
+
+    def __post_init__(self) -> None:
+        mask, pattern = self.mask, self.pattern
+        if not isinstance(mask, Tensor) or mask.dim() != 2:
+            raise ValueError(f"mask must be a [H, W] tensor, got {_describe(mask)}")
+        if not isinstance(pattern, Tensor) or pattern.dim() != 3:
+            raise ValueError(f"pattern must be a [C, H, W] tensor, got {_describe(pattern)}")
+        if pattern.shape[-2:] != mask.shape:
+            raise ValueError(
+                f"pattern's spatial shape {tuple(pattern.shape[-2:])} does not match mask's "
+                f"{tuple(mask.shape)}"
+            )
+        for name, tensor in (("mask", mask), ("pattern", pattern)):
+            if tensor.numel() and not bool(((tensor >= 0) & (tensor <= 1)).all()):
+                raise ValueError(f"{name} values must lie in [0, 1]")
+        # Frozen dataclass: object.__setattr__ is the sanctioned way to normalise fields.
+        object.__setattr__(self, "mask", mask.detach().to(torch.float32).clone())
+        object.__setattr__(self, "pattern", pattern.detach().to(torch.float32).clone())
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """The ``(H, W)`` this trigger is defined for."""
+        height, width = self.mask.shape
+        return int(height), int(width)
+
+    def apply(self, x: Tensor) -> Tensor:
+        """Stamp the trigger onto a batch of images.
+
+        Parameters
+        ----------
+        x : Tensor
+            ``[B, C, H, W]`` images in ``[0, 1]``. Not modified.
+
+        Returns
+        -------
+        Tensor
+            A new tensor ``x * (1 - mask) + pattern * mask`` of the same shape, dtype and device.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` is not 4-D, its ``(H, W)`` differ from the trigger's, or the pattern has
+            neither 1 nor ``C`` channels.
+        """
+        if x.dim() != 4:
+            raise ValueError(f"expected images of shape [B, C, H, W], got {tuple(x.shape)}")
+        if tuple(x.shape[-2:]) != self.image_size:
+            raise ValueError(
+                f"trigger of shape {self.image_size} (H, W) does not match images of shape "
+                f"{tuple(x.shape)} (B, C, H, W)"
+            )
+        channels = self.pattern.shape[0]
+        if channels not in (1, x.shape[1]):
+            raise ValueError(
+                f"trigger pattern has {channels} channels, images have {x.shape[1]} "
+                f"(pattern {tuple(self.pattern.shape)}, images {tuple(x.shape)})"
+            )
+        mask = self.mask.to(device=x.device, dtype=x.dtype)
+        pattern = self.pattern.to(device=x.device, dtype=x.dtype)
+        return x * (1 - mask) + pattern * mask
+
+    __call__ = apply
+
+
+def square(
+    *,
+    image_size: Sequence[int],
+    size: int = 4,
+    location: str | Sequence[int] = "bottom_right",
+    value: float = 1.0,
+) -> Trigger:
+    """A solid square trigger, as in BadNets [1]_.
+
+    Parameters
+    ----------
+    image_size : sequence of two ints
+        ``(H, W)`` of the images the trigger will be stamped on.
+    size : int
+        Side of the square in pixels.
+    location : str or (int, int)
+        One of :data:`LOCATIONS` (corner names keep a 1-pixel margin from the border; ``"center"``
+        rounds towards the top left) or the explicit ``(row, col)`` of the square's top-left pixel.
+    value : float
+        Intensity in ``[0, 1]`` written to every channel of the square.
+
+    Returns
+    -------
+    Trigger
+        Binary mask over the square, single-channel pattern.
+
+    Raises
+    ------
+    ValueError
+        For a non-positive size, a square that does not fit the image, an unknown location or a
+        value outside ``[0, 1]``.
+    """
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"value must lie in [0, 1], got {value}")
+    mask, _, _ = _square_mask(image_size, size, location)
+    return Trigger(mask=mask, pattern=(mask * value).unsqueeze(0))
+
+
+def checkerboard(
+    *,
+    image_size: Sequence[int],
+    size: int = 4,
+    location: str | Sequence[int] = "bottom_right",
+) -> Trigger:
+    """A black-and-white checkerboard square, the BadNets pixel-pattern trigger [1]_.
+
+    The whole square is masked, so its dark cells are written too (set to 0) rather than left to
+    the image underneath. The square's top-left pixel is white (1) and colours alternate along rows
+    and columns.
+
+    Parameters
+    ----------
+    image_size : sequence of two ints
+        ``(H, W)`` of the images the trigger will be stamped on.
+    size : int
+        Side of the square in pixels.
+    location : str or (int, int)
+        As in :func:`square`.
+
+    Returns
+    -------
+    Trigger
+        Binary mask over the square, single-channel 1/0 pattern.
+
+    Raises
+    ------
+    ValueError
+        For a non-positive size, a square that does not fit the image or an unknown location.
+    """
+    mask, top, left = _square_mask(image_size, size, location)
+    height, width = mask.shape
+    # Parity relative to the square's corner, so the pattern does not depend on where it sits.
+    rows = torch.arange(height).unsqueeze(1) - top
+    cols = torch.arange(width).unsqueeze(0) - left
+    white = ((rows + cols) % 2 == 0).to(torch.float32)
+    return Trigger(mask=mask, pattern=(white * mask).unsqueeze(0))
+
+
+def _square_mask(
+    image_size: Sequence[int], size: int, location: str | Sequence[int]
+) -> tuple[Tensor, int, int]:
+    """Binary ``[H, W]`` mask of the square and the (row, col) of its top-left pixel."""
+    height, width = _image_size(image_size)
+    size = _positive_int("size", size)
+    if size > min(height, width):
+        raise ValueError(f"size={size} is larger than the image ({height}, {width})")
+    top, left = _top_left((height, width), size, location)
+    mask = torch.zeros(height, width, dtype=torch.float32)
+    mask[top : top + size, left : left + size] = 1.0
+    return mask, top, left
+
+
+def _top_left(
+    image_size: tuple[int, int], size: int, location: str | Sequence[int]
+) -> tuple[int, int]:
+    height, width = image_size
+    if isinstance(location, str):
+        if location not in LOCATIONS:
+            raise ValueError(
+                f"unknown location {location!r}; use one of {', '.join(LOCATIONS)} "
+                f"or an explicit (row, col)"
+            )
+        if location == "center":
+            return (height - size) // 2, (width - size) // 2
+        if size + 2 * _MARGIN > min(height, width):
+            raise ValueError(
+                f"size={size} leaves no {_MARGIN}-pixel margin in a ({height}, {width}) image "
+                f"for location {location!r}; use a smaller size, 'center' or an explicit (row, col)"
+            )
+        near, far_row, far_col = _MARGIN, height - _MARGIN - size, width - _MARGIN - size
+        return {
+            "top_left": (near, near),
+            "top_right": (near, far_col),
+            "bottom_left": (far_row, near),
+            "bottom_right": (far_row, far_col),
+        }[location]
+    row, col = _int_pair("location", location)
+    if not (0 <= row <= height - size and 0 <= col <= width - size):
+        raise ValueError(
+            f"a square of size {size} at (row, col)=({row}, {col}) does not fit in a "
+            f"({height}, {width}) image"
+        )
+    return row, col
+
+
+def _image_size(image_size: Sequence[int]) -> tuple[int, int]:
+    height, width = _int_pair("image_size", image_size)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image_size must be positive, got ({height}, {width})")
+    return height, width
+
+
+def _int_pair(name: str, value: object) -> tuple[int, int]:
+    # Hydra hands over ListConfig, so accept any length-2 sequence of integers.
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair of ints, got {value!r}")
+    try:
+        first, second = (operator.index(v) for v in value)
+    except TypeError:
+        raise ValueError(f"{name} must be a pair of ints, got {value!r}") from None
+    return first, second
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    number = operator.index(value)
+    if number <= 0:
+        raise ValueError(f"{name} must be positive, got {number}")
+    return number
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"shape {tuple(value.shape)}"
+    return type(value).__name__

@@ -1,0 +1,96 @@
+"""The one place that converts between Flower's ``ArrayRecord`` and flat tensors.
+
+Defenses and attacks see a model as one float32 vector; a :class:`Layout` remembers how to
+cut it back into the named, shaped (and typed) entries of a ``state_dict``. Integer buffers
+(e.g. BatchNorm's ``num_batches_tracked``) travel as floats and are rounded back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+from torch import Tensor
+
+
+class LayoutMismatch(ValueError):
+    """A client's arrays do not have the global model's keys, shapes or a numeric dtype."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Names, shapes and dtypes of a model's ``state_dict``, in order."""
+
+    keys: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[torch.dtype, ...]
+
+    @property
+    def dim(self) -> int:
+        return int(sum(int(np.prod(s)) for s in self.shapes))
+
+    @classmethod
+    def of(cls, state: dict[str, Tensor]) -> Layout:
+        return cls(
+            keys=tuple(state),
+            shapes=tuple(tuple(t.shape) for t in state.values()),
+            dtypes=tuple(t.dtype for t in state.values()),
+        )
+
+    def flatten(self, state: dict[str, Tensor]) -> Tensor:
+        """Concatenate ``state``'s entries into one float32 vector, checking keys and shapes."""
+        if tuple(state) != self.keys:
+            missing = sorted(set(self.keys) - set(state))
+            extra = sorted(set(state) - set(self.keys))
+            raise LayoutMismatch(f"keys differ from the global model: missing {missing}, "
+                                 f"unexpected {extra}")
+        parts = []
+        for key, shape, value in zip(self.keys, self.shapes, state.values(), strict=True):
+            if tuple(value.shape) != shape:
+                raise LayoutMismatch(f"{key}: shape {tuple(value.shape)} != expected {shape}")
+            if value.dtype == torch.bool or value.is_complex():
+                raise LayoutMismatch(f"{key}: dtype {value.dtype} is not real-valued")
+            parts.append(value.detach().reshape(-1).to(torch.float32))
+        return torch.cat(parts) if parts else torch.zeros(0)
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        """Cut ``flat`` back into a ``state_dict`` with the original shapes and dtypes."""
+        if flat.shape != (self.dim,):
+            raise LayoutMismatch(f"flat vector has shape {tuple(flat.shape)}, "
+                                 f"expected ({self.dim},)")
+        out: dict[str, Tensor] = {}
+        offset = 0
+        flat = flat.detach().cpu()
+        for key, shape, dtype in zip(self.keys, self.shapes, self.dtypes, strict=True):
+            size = int(np.prod(shape))
+            chunk = flat[offset : offset + size].reshape(shape)
+            out[key] = chunk.round().to(dtype) if not dtype.is_floating_point else chunk.to(dtype)
+            offset += size
+        return out
+
+
+def to_state_dict(record: ArrayRecord) -> dict[str, Tensor]:
+    """An ``ArrayRecord`` as a ``state_dict`` of CPU tensors (keys in record order)."""
+    return {key: torch.from_numpy(np.asarray(arr.numpy())) for key, arr in record.items()}
+
+
+def to_record(state: dict[str, Tensor]) -> ArrayRecord:
+    """A ``state_dict`` as an ``ArrayRecord``."""
+    return ArrayRecord({k: v.detach().cpu() for k, v in state.items()})
+
+
+def flatten_record(record: ArrayRecord, layout: Layout) -> Tensor:
+    """Flatten a client's ``ArrayRecord`` with the global model's layout.
+
+    Raises
+    ------
+    LayoutMismatch
+        If keys, shapes or dtypes do not fit the layout, or the arrays cannot be decoded.
+    """
+    try:
+        state = to_state_dict(record)
+    except Exception as exc:  # a malformed payload must not end the run
+        raise LayoutMismatch(f"cannot decode arrays: {exc}") from exc
+    return layout.flatten(state)

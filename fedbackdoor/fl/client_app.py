@@ -1,0 +1,44 @@
+"""The ClientApp: one local training run per message.
+
+Everything a client needs arrives in the message (the run config as YAML, its partition's
+indices, whether it is malicious), because Ray actors and SuperNodes re-import this module and
+keep no settings of their own. Data and model are cached per process, keyed by the config.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedbackdoor.experiment import ClientSpec, client_update
+from fedbackdoor.fl.arrays import to_record, to_state_dict
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train on the partition named in the message, starting from the global weights."""
+    cfg = msg.content["config"]
+    spec = ClientSpec(
+        round=int(cfg["server-round"]),  # type: ignore[arg-type]
+        partition=int(cfg["partition-id"]),  # type: ignore[arg-type]
+        malicious=bool(cfg["malicious"]),
+        indices=np.asarray(cfg["indices"], dtype=np.int64),
+    )
+    global_state = to_state_dict(msg.content["arrays"])
+    state, result = client_update(str(cfg["run-config"]), global_state, spec)
+    reply = RecordDict(
+        {
+            "arrays": to_record(state),
+            "config": ConfigRecord(
+                {"partition-id": spec.partition, "num-examples": result.num_examples}
+            ),
+            "metrics": MetricRecord(
+                {"num-examples": result.num_examples, "train-loss": result.mean_loss}
+            ),
+        }
+    )
+    return Message(content=reply, reply_to=msg)
+

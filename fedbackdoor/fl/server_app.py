@@ -1,0 +1,157 @@
+"""The ServerApp: builds the run from its config, drives the rounds, logs every round.
+
+Two ways in:
+
+* :func:`make_server_app` — used by ``fedbackdoor run`` (Hydra, Python launcher): the config
+  object and the run directory are bound in a closure; the app runs in the launcher's process.
+* :data:`app` — the component named in ``pyproject.toml`` for ``flwr run``; it composes the
+  config from ``conf/`` with the Hydra overrides in the run config key ``overrides``.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from omegaconf import DictConfig, OmegaConf
+
+from fedbackdoor.config import validate
+from fedbackdoor.experiment import (
+    build_data,
+    build_defense_pipeline,
+    build_model,
+    build_partitions,
+    build_trigger,
+    build_update_attack,
+)
+from fedbackdoor.fl.arrays import to_record, to_state_dict
+from fedbackdoor.fl.strategy import DefenseStrategy, RoundReport
+from fedbackdoor.metrics import Evaluator
+from fedbackdoor.models import resolve_device
+from fedbackdoor.plots import plot_run
+from fedbackdoor.results import MetricsWriter, load_metrics
+from fedbackdoor.sampling import choose_malicious
+from fedbackdoor.seeding import make_generator
+
+
+def round_row(round_: int, evaluation: dict[str, float], report: RoundReport | None,
+              seconds: float) -> dict[str, object]:
+    """One row of ``metrics.csv``."""
+    row: dict[str, object] = {"round": round_, **evaluation, "seconds": round(seconds, 3)}
+    if report is None:  # round 0: the initial model, nobody trained
+        row.update(n_clients=0, n_malicious=0, n_rejected=0)
+        return row
+    row.update(n_clients=report.n_clients, n_malicious=report.n_malicious,
+               n_rejected=report.n_rejected, n_flagged=report.n_flagged)
+    if report.detection is not None:
+        d = report.detection
+        row.update(det_tp=d.tp, det_fp=d.fp, det_tpr=d.tpr, det_fpr=d.fpr)
+    return row
+
+
+def run_server(grid: Grid, cfg: DictConfig, run_dir: Path) -> Path:
+    """Run all rounds of the experiment ``cfg`` on ``grid``; write results to ``run_dir``.
+
+    Returns the path of ``metrics.csv``.
+    """
+    validate(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    seed = int(cfg.seed)
+
+    data = build_data(cfg)
+    model = build_model(cfg, data)
+    evaluator = Evaluator.build(
+        data.x_test,
+        data.y_test,
+        trigger=build_trigger(cfg),
+        target_label=int(cfg.attack.target_label),
+        batch_size=int(cfg.eval_batch_size),
+        device=resolve_device(str(cfg.device)),
+    )
+    strategy = DefenseStrategy(
+        cfg_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+        partitions=build_partitions(cfg, data),
+        malicious_set=choose_malicious(
+            int(cfg.num_clients), float(cfg.attack.fraction),
+            generator=make_generator(seed, "malicious"),
+        ),
+        clients_per_round=int(cfg.clients_per_round),
+        per_round=cfg.attack.get("per_round"),
+        update_attack=build_update_attack(cfg),
+        defense=build_defense_pipeline(cfg),
+        server_lr=float(cfg.server_lr),
+        sample_generator=make_generator(seed, "sample"),
+        attack_generator=make_generator(seed, "attack"),
+        defense_generator=make_generator(seed, "defense"),
+    )
+    writer = MetricsWriter(run_dir / "metrics.csv")
+    num_rounds = int(cfg.num_rounds)
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        started = time.perf_counter()
+        model.load_state_dict(to_state_dict(arrays))
+        evaluation = evaluator(model)
+        report = strategy.report if server_round > 0 else None
+        if report is not None:
+            started = report.started
+        row = round_row(server_round, evaluation, report, time.perf_counter() - started)
+        writer.write(row)
+        extra = ""
+        if report is not None:
+            extra = f"  clients {report.n_clients} ({report.n_malicious} malicious)"
+            if report.n_rejected:
+                extra += f"  rejected {report.n_rejected}"
+            if report.kept_previous:
+                extra += f"  kept previous model: {report.kept_previous}"
+        print(
+            f"round {server_round:>3}/{num_rounds}  main_acc {evaluation['main_acc']:.4f}  "
+            f"backdoor_acc {evaluation['backdoor_acc']:.4f}{extra}  {row['seconds']:.2f}s",
+            flush=True,
+        )
+        return MetricRecord({k: float(v) for k, v in evaluation.items()})
+
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=to_record(model.state_dict()),
+            num_rounds=num_rounds,
+            evaluate_fn=evaluate_fn,
+        )
+    finally:
+        writer.close()
+        metrics = load_metrics(writer.path)
+        if len(metrics):
+            plot_run(metrics, run_dir / "accuracy.png", title=run_dir.name)
+    return writer.path
+
+
+def make_server_app(cfg: DictConfig, run_dir: Path) -> ServerApp:
+    """A ServerApp bound to a composed config and an output directory."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_server(grid, cfg, run_dir)
+
+    return server_app
+
+
+app = ServerApp()
+
+
+@app.main()
+def flwr_main(grid: Grid, context: Context) -> None:
+    """Entry point for ``flwr run``: Hydra overrides come from the run config."""
+    from fedbackdoor.cli import compose_config  # the CLI owns config composition
+
+    overrides = shlex.split(str(context.run_config.get("overrides", "")))
+    cfg = compose_config(overrides)
+    run_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr"))) / time.strftime(
+        "%Y-%m-%d_%H-%M-%S"
+    )
+    run_server(grid, cfg, run_dir)
+    print(run_dir.resolve(), flush=True)

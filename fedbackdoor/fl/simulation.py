@@ -1,0 +1,89 @@
+"""Launch a run on Flower's Simulation Runtime (Ray) from Python, so Hydra runs and sweeps
+drive it.
+
+Flower's ``run_simulation`` is the in-process entry point (marked deprecated in flwr 1.42 in
+favour of ``flwr run``, which starts a SuperLink in a subprocess and cannot take a Hydra config
+object). We start Ray ourselves so that
+
+* a leftover ``/tmp/ray/ray_current_cluster`` from a crashed run cannot make ``ray.init`` attach
+  to a dead cluster and hang (``address="local"`` always starts a fresh one), and
+* ``backend.address`` can join an existing Ray cluster instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from fedbackdoor.config import validate
+
+
+class _DropDeprecation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "run_simulation` function is deprecated" not in record.getMessage()
+
+
+def backend_config(cfg: DictConfig) -> dict[str, Any]:
+    """Flower's backend config from the ``backend`` node."""
+    resources = cfg.backend.client_resources
+    return {
+        "client_resources": {
+            "num_cpus": float(resources.num_cpus),
+            "num_gpus": float(resources.num_gpus),
+        },
+        "init_args": {},
+    }
+
+
+def init_ray(cfg: DictConfig) -> None:
+    """Start (or join) Ray with settings that keep start-up short."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.backend.get("address")
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "log_to_driver": True,
+        "configure_logging": True,
+    }
+    if address is None:
+        kwargs["address"] = "local"
+        if cfg.backend.get("num_cpus") is not None:
+            kwargs["num_cpus"] = int(cfg.backend.num_cpus)
+    else:
+        kwargs["address"] = str(address)
+    ray.init(**kwargs)
+
+
+def run_simulation(cfg: DictConfig, run_dir: Path) -> Path:
+    """Run the experiment ``cfg`` on the Ray simulation backend; return ``metrics.csv``."""
+    from flwr.simulation import run_simulation as flwr_run_simulation
+
+    from fedbackdoor.fl.client_app import app as client_app
+    from fedbackdoor.fl.server_app import make_server_app
+
+    validate(cfg)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.addFilter(_DropDeprecation())
+    if not cfg.backend.get("verbose", False):
+        flwr_logger.setLevel(logging.WARNING)
+    init_ray(cfg)
+    flwr_run_simulation(
+        server_app=make_server_app(cfg, run_dir),
+        client_app=client_app,
+        num_supernodes=int(cfg.num_clients),
+        backend_name="ray",
+        backend_config=backend_config(cfg),  # type: ignore[arg-type]
+        verbose_logging=bool(cfg.backend.get("verbose", False)),
+    )
+    metrics = run_dir / "metrics.csv"
+    if not metrics.exists():
+        raise RuntimeError(f"the simulation ended without writing {metrics}")
+    return metrics

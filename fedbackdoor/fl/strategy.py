@@ -1,0 +1,250 @@
+"""One Flower strategy for every defense.
+
+Flower's own robust strategies (``FedMedian``, ``FedTrimmedAvg``, ``Krum``...) each repeat the
+unpack / stack / repack of client arrays around their rule. Here that happens once: replies are
+decoded to flat updates (:mod:`fedbackdoor.fl.arrays`), the malicious clients' model-poisoning
+function is applied to the stacked updates (the colluding adversary's step, see
+:mod:`fedbackdoor.attacks.updates`), invalid updates are rejected and logged, and the configured
+:class:`~fedbackdoor.defenses.pipeline.Defense` turns the rest into the global update.
+
+Sampling is the server's own: partitions are drawn with the run's generator
+(:mod:`fedbackdoor.sampling`) and handed to whichever nodes are connected, so a run is
+reproducible although Flower's node ids are random per run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from torch import Tensor
+
+from fedbackdoor.defenses.aggregators import Aggregate, NotEnoughClients
+from fedbackdoor.defenses.pipeline import Defense, validate_updates
+from fedbackdoor.fl.arrays import Layout, LayoutMismatch, flatten_record, to_record, to_state_dict
+from fedbackdoor.metrics import Detection, detection
+from fedbackdoor.sampling import RoundSample, sample_round
+
+try:  # flwr's logger, so our lines interleave with Flower's
+    from flwr.common.logger import log
+except ImportError:  # pragma: no cover
+    import logging
+
+    def log(level: int, msg: str, *args: object) -> None:
+        logging.getLogger("fedbackdoor").log(level, msg, *args)
+
+
+UpdateAttack = Callable[..., Tensor]
+
+
+@dataclass
+class RoundReport:
+    """What the strategy saw in one round; read by the server's per-round logger."""
+
+    round: int
+    sample: RoundSample
+    n_clients: int = 0  # valid updates that reached the defense
+    n_malicious: int = 0  # malicious among those
+    n_rejected: int = 0
+    rejected: list[str] = field(default_factory=list)
+    detection: Detection | None = None
+    n_flagged: int | None = None
+    kept_previous: str | None = None  # why the global model was not updated
+    started: float = field(default_factory=time.perf_counter)
+
+
+class DefenseStrategy(Strategy):
+    """Samples clients, gathers their updates, applies the attack's and the defense's functions.
+
+    Parameters
+    ----------
+    cfg_yaml : str
+        The resolved run config, sent to clients in every message (Ray actors and SuperNodes
+        keep no settings of their own).
+    partitions : list of np.ndarray
+        Training-set indices of every client.
+    malicious_set : frozenset of int
+        The fixed malicious clients.
+    clients_per_round, per_round : int, int or None
+        See :func:`fedbackdoor.sampling.sample_round`.
+    update_attack : callable
+        ``(updates, malicious, *, generator) -> updates``; identity for data-only attacks.
+    defense : Defense
+        The aggregation pipeline.
+    server_lr : float
+        The global model moves by ``server_lr`` times the aggregate.
+    sample_generator, attack_generator, defense_generator : torch.Generator
+        The run's random streams.
+    """
+
+    def __init__(
+        self,
+        *,
+        cfg_yaml: str,
+        partitions: list[np.ndarray],
+        malicious_set: frozenset[int],
+        clients_per_round: int,
+        per_round: int | None,
+        update_attack: UpdateAttack,
+        defense: Defense,
+        server_lr: float,
+        sample_generator: torch.Generator,
+        attack_generator: torch.Generator,
+        defense_generator: torch.Generator,
+    ) -> None:
+        self.cfg_yaml = cfg_yaml
+        self.partitions = partitions
+        self.malicious_set = malicious_set
+        self.clients_per_round = clients_per_round
+        self.per_round = per_round
+        self.update_attack = update_attack
+        self.defense = defense
+        self.server_lr = server_lr
+        self.sample_generator = sample_generator
+        self.attack_generator = attack_generator
+        self.defense_generator = defense_generator
+        self.report: RoundReport | None = None
+        self._global: Tensor | None = None
+        self._layout: Layout | None = None
+
+    def summary(self) -> None:
+        log(
+            INFO,
+            "DefenseStrategy: %d clients, %d per round, malicious %s, per_round=%s",
+            len(self.partitions),
+            self.clients_per_round,
+            sorted(self.malicious_set),
+            self.per_round,
+        )
+
+    # -- training ------------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        state = to_state_dict(arrays)
+        self._layout = Layout.of(state)
+        self._global = self._layout.flatten(state)
+        sample = sample_round(
+            len(self.partitions),
+            self.clients_per_round,
+            self.malicious_set,
+            per_round=self.per_round,
+            generator=self.sample_generator,
+        )
+        self.report = RoundReport(round=server_round, sample=sample)
+        nodes = _wait_for_nodes(grid, len(sample.partitions))
+        messages = []
+        for node, partition, bad in zip(nodes, sample.partitions, sample.malicious, strict=False):
+            content = RecordDict(
+                {
+                    "arrays": arrays,
+                    "config": ConfigRecord(
+                        {
+                            "server-round": server_round,
+                            "partition-id": partition,
+                            "malicious": bool(bad),
+                            "indices": self.partitions[partition].tolist(),
+                            "run-config": self.cfg_yaml,
+                        }
+                    ),
+                }
+            )
+            messages.append(Message(content=content, message_type=MessageType.TRAIN,
+                                    dst_node_id=node))
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        assert self.report is not None and self._global is not None and self._layout is not None
+        report, layout, global_flat = self.report, self._layout, self._global
+        sample_malicious = dict(zip(report.sample.partitions, report.sample.malicious,
+                                    strict=True))
+
+        # Decode every reply; a broken one is rejected, never fatal.
+        decoded: list[tuple[int, Tensor, float]] = []
+        for msg in replies:
+            if msg.has_error():
+                report.rejected.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
+                continue
+            try:
+                cfg = msg.content["config"]
+                partition = int(cfg["partition-id"])  # type: ignore[arg-type]
+                weight = float(cfg["num-examples"])  # type: ignore[arg-type]
+                if partition not in sample_malicious or not weight > 0:
+                    raise LayoutMismatch(f"partition {partition} / num-examples {weight}")
+                flat = flatten_record(msg.content["arrays"], layout)
+            except (KeyError, TypeError, ValueError) as exc:
+                report.rejected.append(f"node {msg.metadata.src_node_id}: {exc}")
+                continue
+            decoded.append((partition, flat - global_flat, weight))
+        decoded.sort(key=lambda item: item[0])  # reply order varies; aggregation must not
+
+        partitions = [p for p, _, _ in decoded]
+        malicious = torch.tensor([sample_malicious[p] for p in partitions], dtype=torch.bool)
+        if decoded:
+            updates = torch.stack([u for _, u, _ in decoded])
+            if malicious.any():
+                updates = self.update_attack(updates, malicious, generator=self.attack_generator)
+            rows = list(updates)
+        else:
+            rows = []
+        valid, bad_rows, reasons = validate_updates(rows, layout.dim)
+        for i, reason in zip(bad_rows, reasons, strict=True):
+            report.rejected.append(f"partition {partitions[i]}: {reason}")
+        keep = [i for i in range(len(rows)) if i not in set(bad_rows)]
+        weights = torch.tensor([decoded[i][2] for i in keep], dtype=torch.float32)
+        kept_malicious = malicious[keep]
+        report.n_rejected = len(report.rejected)
+        report.n_clients = len(keep)
+        report.n_malicious = int(kept_malicious.sum())
+        for line in report.rejected:
+            log(WARNING, "round %d: rejected update from %s", server_round, line)
+
+        if not keep:
+            report.kept_previous = "no valid update"
+        else:
+            try:
+                agg: Aggregate = self.defense(valid, weights, generator=self.defense_generator)
+            except NotEnoughClients as exc:  # e.g. Krum with n <= 2f + 2
+                report.kept_previous = str(exc)
+            else:
+                if agg.flagged is not None:
+                    flags = agg.flagged.tolist()
+                    report.detection = detection(flags, kept_malicious.tolist())
+                    report.n_flagged = sum(flags)
+                new_global = global_flat + self.server_lr * agg.update
+                if not torch.isfinite(new_global).all():
+                    report.kept_previous = "aggregate is not finite"
+                else:
+                    return to_record(layout.unflatten(new_global)), MetricRecord(
+                        {"n-clients": report.n_clients}
+                    )
+        log(WARNING, "round %d: global model kept (%s)", server_round, report.kept_previous)
+        return None, None
+
+    # -- evaluation happens on the server (evaluate_fn); no client-side evaluation --------
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return []
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return None
+
+
+def _wait_for_nodes(grid: Grid, needed: int, poll: float = 1.0) -> list[int]:
+    """The first ``needed`` connected node ids (sorted), waiting for SuperNodes to join."""
+    while len(nodes := sorted(grid.get_node_ids())) < needed:
+        log(INFO, "waiting for nodes: %d connected, %d needed", len(nodes), needed)
+        time.sleep(poll)
+    return nodes[:needed]

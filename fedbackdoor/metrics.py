@@ -1,0 +1,89 @@
+"""Main-task accuracy, backdoor accuracy and detection rates.
+
+Backdoor accuracy (attack success rate) is the fraction of triggered test inputs *whose true
+label is not the target* that the model classifies as the target (Bagdasaryan et al. 2020;
+Xie et al. 2020). Inputs of the target class are left out, since they would count as successes
+even for a model with no backdoor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from fedbackdoor.attacks.poison import backdoor_testset
+from fedbackdoor.attacks.triggers import Trigger
+from fedbackdoor.training import evaluate
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """The server's per-round evaluation: clean test set and its triggered copy, built once."""
+
+    x_test: Tensor
+    y_test: Tensor
+    x_backdoor: Tensor
+    y_backdoor: Tensor
+    batch_size: int = 256
+    device: torch.device | str = "cpu"
+
+    @classmethod
+    def build(
+        cls,
+        x_test: Tensor,
+        y_test: Tensor,
+        *,
+        trigger: Trigger,
+        target_label: int,
+        batch_size: int = 256,
+        device: torch.device | str = "cpu",
+    ) -> Evaluator:
+        x_bd, y_bd = backdoor_testset(x_test, y_test, trigger=trigger, target_label=target_label)
+        return cls(x_test, y_test, x_bd, y_bd, batch_size, device)
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        """``main_acc``, ``main_loss`` and ``backdoor_acc`` of ``model`` (fractions in [0, 1])."""
+        main_acc, main_loss = evaluate(
+            model, self.x_test, self.y_test, batch_size=self.batch_size, device=self.device
+        )
+        backdoor_acc, _ = evaluate(
+            model, self.x_backdoor, self.y_backdoor, batch_size=self.batch_size, device=self.device
+        )
+        return {"main_acc": main_acc, "main_loss": main_loss, "backdoor_acc": backdoor_acc}
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Confusion counts of a defense's flags against the ground truth of one round."""
+
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+    @property
+    def tpr(self) -> float:
+        """Share of the sampled malicious clients that were flagged (nan if none was sampled)."""
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else math.nan
+
+    @property
+    def fpr(self) -> float:
+        """Share of the sampled benign clients that were flagged (nan if none was sampled)."""
+        return self.fp / (self.fp + self.tn) if self.fp + self.tn else math.nan
+
+
+def detection(flagged: Sequence[bool], malicious: Sequence[bool]) -> Detection:
+    """Score a defense's ``flagged`` clients against which ones were ``malicious``."""
+    if len(flagged) != len(malicious):
+        raise ValueError(f"{len(flagged)} flags for {len(malicious)} clients")
+    pairs = list(zip(flagged, malicious, strict=True))
+    return Detection(
+        tp=sum(f and m for f, m in pairs),
+        fp=sum(f and not m for f, m in pairs),
+        fn=sum(m and not f for f, m in pairs),
+        tn=sum(not f and not m for f, m in pairs),
+    )

@@ -1,0 +1,89 @@
+"""Who takes part in a round, and who among them is malicious.
+
+Two threat models from the literature:
+
+* a **fixed malicious set**: ``round(fraction * num_clients)`` clients, drawn once from the
+  seed, are malicious for the whole run and are sampled like everyone else (FLPoison, BackFed);
+* an **exact number per round**: every round's sample holds exactly ``per_round`` malicious
+  clients drawn from that set, as in the model-replacement experiments of Bagdasaryan et al.,
+  "How To Backdoor Federated Learning", AISTATS 2020.
+
+Flower samples nodes with the global ``random`` module and node ids change per run, so the
+server samples *partitions* here with its own generator and then hands them to nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class RoundSample:
+    """The partitions that train in a round (sorted) and which of them are malicious."""
+
+    partitions: tuple[int, ...]
+    malicious: tuple[bool, ...]
+
+    @property
+    def num_malicious(self) -> int:
+        return sum(self.malicious)
+
+
+def choose_malicious(num_clients: int, fraction: float, *, generator: torch.Generator) -> frozenset[int]:
+    """The fixed malicious set: ``round(fraction * num_clients)`` distinct client ids."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"attack.fraction={fraction} must be in [0, 1]")
+    count = round(fraction * num_clients)
+    return frozenset(torch.randperm(num_clients, generator=generator)[:count].tolist())
+
+
+def sample_round(
+    num_clients: int,
+    clients_per_round: int,
+    malicious_set: frozenset[int],
+    *,
+    per_round: int | None,
+    generator: torch.Generator,
+) -> RoundSample:
+    """Draw one round's participants.
+
+    Parameters
+    ----------
+    num_clients, clients_per_round : int
+        Population and sample size (``1 <= clients_per_round <= num_clients``).
+    malicious_set : frozenset of int
+        The fixed malicious clients.
+    per_round : int or None
+        ``None``: sample uniformly from everyone. An int ``m``: exactly ``m`` of the sample are
+        drawn from ``malicious_set`` and the rest from the benign clients.
+    generator : torch.Generator
+        The run's sampling stream.
+    """
+    if not 1 <= clients_per_round <= num_clients:
+        raise ValueError(
+            f"clients_per_round={clients_per_round} must be in [1, num_clients={num_clients}]"
+        )
+    if per_round is None:
+        chosen = torch.randperm(num_clients, generator=generator)[:clients_per_round].tolist()
+    else:
+        bad = sorted(malicious_set)
+        good = [c for c in range(num_clients) if c not in malicious_set]
+        if not 0 <= per_round <= min(len(bad), clients_per_round):
+            raise ValueError(
+                f"attack.per_round={per_round} must be in [0, min(malicious clients={len(bad)}, "
+                f"clients_per_round={clients_per_round})]"
+            )
+        if clients_per_round - per_round > len(good):
+            raise ValueError(
+                f"clients_per_round={clients_per_round} needs {clients_per_round - per_round} "
+                f"benign clients but only {len(good)} exist"
+            )
+        pick_bad = torch.randperm(len(bad), generator=generator)[:per_round].tolist()
+        pick_good = torch.randperm(len(good), generator=generator)[
+            : clients_per_round - per_round
+        ].tolist()
+        chosen = [bad[i] for i in pick_bad] + [good[i] for i in pick_good]
+    partitions = tuple(sorted(int(c) for c in chosen))
+    return RoundSample(partitions, tuple(p in malicious_set for p in partitions))

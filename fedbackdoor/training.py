@@ -1,0 +1,116 @@
+"""The local training loop and the evaluation function: one of each, used by every client,
+the server and the benchmarks.
+
+Data are whole tensors in memory (``x`` in ``[0, 1]``, ``y`` int64); batches are index slices,
+so there is no DataLoader, no per-sample Python work and no worker processes. Batch order is
+drawn from the caller's ``torch.Generator`` only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a local training run reports."""
+
+    num_examples: int
+    mean_loss: float
+    steps: int
+
+
+def train(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    device: torch.device | str = "cpu",
+) -> TrainResult:
+    """Train ``model`` in place with mini-batch SGD on ``(x, y)``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Trained in place (moved to ``device``).
+    x, y : Tensor
+        Inputs ``[N, C, H, W]`` and labels ``[N]``; moved to ``device`` once.
+    epochs, batch_size : int
+        Passes over the data and samples per step (the last batch may be smaller).
+    lr, momentum, weight_decay : float
+        SGD settings (a fresh optimizer per call, as clients keep no state between rounds).
+    generator : torch.Generator
+        CPU generator for the shuffling of each epoch.
+    device : torch.device or str
+        Where to compute.
+
+    Returns
+    -------
+    TrainResult
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs={epochs} and batch_size={batch_size} must both be >= 1")
+    n = int(y.shape[0])
+    if n == 0:
+        raise ValueError("cannot train on an empty dataset")
+    model.to(device).train()
+    x, y = x.to(device), y.to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    total, steps = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator).to(device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            steps += 1
+    return TrainResult(num_examples=n, mean_loss=total / steps, steps=steps)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``.
+
+    Backdoor accuracy is this function's accuracy on the triggered test set (see
+    :func:`fedbackdoor.metrics.backdoor_accuracy`), so clean and backdoor figures can never be
+    computed differently.
+
+    Returns
+    -------
+    (accuracy, loss) : tuple of float
+        Accuracy as a fraction in [0, 1]; ``(nan, nan)`` for an empty set.
+    """
+    n = int(y.shape[0])
+    if n == 0:
+        return float("nan"), float("nan")
+    model.to(device).eval()
+    correct, loss_sum = 0, 0.0
+    for start in range(0, n, batch_size):
+        xb = x[start : start + batch_size].to(device)
+        yb = y[start : start + batch_size].to(device)
+        logits = model(xb)
+        loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == yb).sum())
+    return correct / n, loss_sum / n

@@ -1,0 +1,232 @@
+"""Tests for fedbackdoor.attacks.triggers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedbackdoor.attacks.triggers import LOCATIONS, Trigger, checkerboard, square
+
+# A 3x3 square in an 8x8 image, worked out by hand: corner names keep a 1-pixel margin, so the far
+# edge starts at 8 - 1 - 3 = 4; "center" starts at (8 - 3) // 2 = 2.
+EXPECTED_ROWS_COLS = {
+    "top_left": ([1, 2, 3], [1, 2, 3]),
+    "top_right": ([1, 2, 3], [4, 5, 6]),
+    "bottom_left": ([4, 5, 6], [1, 2, 3]),
+    "bottom_right": ([4, 5, 6], [4, 5, 6]),
+    "center": ([2, 3, 4], [2, 3, 4]),
+    (0, 5): ([0, 1, 2], [5, 6, 7]),
+}
+
+
+def _images(batch: int = 2, channels: int = 3, size: int = 8, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    # Strictly inside (0, 1) so that no clean pixel happens to equal the trigger's 0 or 1.
+    return torch.rand(batch, channels, size, size, generator=generator) * 0.8 + 0.1
+
+
+def test_named_locations_cover_the_documented_names() -> None:
+    assert set(LOCATIONS) == {"bottom_right", "top_left", "top_right", "bottom_left", "center"}
+
+
+@pytest.mark.parametrize("location", list(EXPECTED_ROWS_COLS))
+def test_square_stamps_exactly_the_hand_counted_pixels(location: str | tuple[int, int]) -> None:
+    # Prepare
+    rows, cols = EXPECTED_ROWS_COLS[location]
+    expected = {(r, c) for r in rows for c in cols}
+    x = _images()
+    trigger = square(image_size=(8, 8), size=3, location=location, value=1.0)
+
+    # Execute
+    out = trigger.apply(x)
+
+    # Assert
+    changed = (out != x).any(dim=(0, 1)).nonzero().tolist()
+    assert {(r, c) for r, c in changed} == expected
+    assert len(changed) == 9
+    assert int(trigger.mask.sum()) == 9
+    for r, c in expected:
+        assert torch.all(out[:, :, r, c] == 1.0)
+    untouched = torch.ones(8, 8, dtype=torch.bool)
+    for r, c in expected:
+        untouched[r, c] = False
+    assert torch.equal(out[:, :, untouched], x[:, :, untouched])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("make", [square, checkerboard])
+def test_trigger_works_on_any_channel_count_and_keeps_shape_dtype(channels: int, make) -> None:
+    # Prepare
+    x = _images(channels=channels)
+    trigger = make(image_size=[8, 8], size=3, location="bottom_right")
+
+    # Execute
+    out = trigger(x)
+
+    # Assert
+    assert out.shape == x.shape
+    assert out.dtype == x.dtype
+    expected = trigger.pattern[0].expand(2, channels, 8, 8)
+    mask = trigger.mask.bool()
+    assert torch.equal(out[:, :, mask], expected[:, :, mask])
+
+
+def test_apply_is_idempotent_and_does_not_modify_its_input() -> None:
+    # Prepare
+    x = _images()
+    before = x.clone()
+    trigger = checkerboard(image_size=(8, 8), size=4, location="center")
+
+    # Execute
+    once = trigger.apply(x)
+    twice = trigger.apply(once)
+
+    # Assert
+    assert torch.equal(once, twice)
+    assert torch.equal(x, before)
+    assert once.data_ptr() != x.data_ptr()
+
+
+def test_per_channel_pattern_is_written_channel_by_channel() -> None:
+    # Prepare
+    mask = torch.zeros(4, 4)
+    mask[0, 0] = 1.0
+    pattern = torch.tensor([0.0, 0.5, 1.0]).view(3, 1, 1).expand(3, 4, 4)
+    trigger = Trigger(mask=mask, pattern=pattern)
+    x = torch.full((1, 3, 4, 4), 0.25)
+
+    # Execute
+    out = trigger.apply(x)
+
+    # Assert
+    assert out[0, :, 0, 0].tolist() == [0.0, 0.5, 1.0]
+    assert torch.all(out[0, :, 1:, :] == 0.25)
+
+
+def test_trigger_copies_its_tensors() -> None:
+    # Prepare
+    mask = torch.ones(4, 4)
+    pattern = torch.ones(1, 4, 4)
+    trigger = Trigger(mask=mask, pattern=pattern)
+
+    # Execute
+    mask.zero_()
+    pattern.zero_()
+
+    # Assert
+    assert torch.all(trigger.mask == 1) and torch.all(trigger.pattern == 1)
+
+
+def test_checkerboard_alternates_from_a_white_corner() -> None:
+    # Prepare
+    trigger = checkerboard(image_size=(8, 8), size=4, location=(2, 3))
+
+    # Execute
+    patch = trigger.pattern[0, 2:6, 3:7]
+
+    # Assert
+    assert patch.tolist() == [
+        [1.0, 0.0, 1.0, 0.0],
+        [0.0, 1.0, 0.0, 1.0],
+        [1.0, 0.0, 1.0, 0.0],
+        [0.0, 1.0, 0.0, 1.0],
+    ]
+    assert torch.all(patch[:, 1:] != patch[:, :-1])
+    assert torch.all(patch[1:, :] != patch[:-1, :])
+    assert torch.all(trigger.mask[2:6, 3:7] == 1) and int(trigger.mask.sum()) == 16
+
+
+def test_checkerboard_writes_its_dark_cells_too() -> None:
+    # Prepare
+    x = torch.full((1, 1, 8, 8), 0.5)
+    trigger = checkerboard(image_size=(8, 8), size=2, location="top_left")
+
+    # Execute
+    out = trigger.apply(x)
+
+    # Assert
+    assert out[0, 0, 1:3, 1:3].tolist() == [[1.0, 0.0], [0.0, 1.0]]
+
+
+def test_square_value_sets_the_intensity() -> None:
+    trigger = square(image_size=(8, 8), size=2, location="top_left", value=0.3)
+
+    out = trigger.apply(torch.zeros(1, 1, 8, 8))
+
+    assert torch.allclose(out[0, 0, 1:3, 1:3], torch.full((2, 2), 0.3))
+    assert float(out.sum()) == pytest.approx(4 * 0.3)
+
+
+def test_apply_rejects_images_of_another_size_naming_both_shapes() -> None:
+    trigger = square(image_size=(8, 8), size=3)
+
+    with pytest.raises(ValueError, match=r"\(8, 8\).*\(2, 3, 6, 6\)"):
+        trigger.apply(torch.zeros(2, 3, 6, 6))
+
+
+def test_apply_rejects_non_batched_images() -> None:
+    trigger = square(image_size=(8, 8), size=3)
+
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        trigger.apply(torch.zeros(3, 8, 8))
+
+
+def test_apply_rejects_pattern_with_wrong_channel_count() -> None:
+    trigger = Trigger(mask=torch.ones(4, 4), pattern=torch.ones(2, 4, 4))
+
+    with pytest.raises(ValueError, match="channels"):
+        trigger.apply(torch.zeros(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize(
+    ("mask", "pattern", "message"),
+    [
+        (torch.ones(1, 4, 4), torch.ones(1, 4, 4), "mask"),
+        (torch.ones(4, 4), torch.ones(4, 4), "pattern"),
+        (torch.ones(4, 4), torch.ones(1, 4, 5), "spatial shape"),
+        (torch.full((4, 4), 2.0), torch.ones(1, 4, 4), r"mask values"),
+        (torch.ones(4, 4), torch.full((1, 4, 4), -0.1), r"pattern values"),
+    ],
+)
+def test_trigger_rejects_malformed_tensors(
+    mask: torch.Tensor, pattern: torch.Tensor, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Trigger(mask=mask, pattern=pattern)
+
+
+@pytest.mark.parametrize("make", [square, checkerboard])
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"size": 0}, "size must be positive"),
+        ({"size": -2}, "size must be positive"),
+        ({"size": 2.5}, "size must be an int"),
+        ({"size": 9}, "larger than the image"),
+        ({"size": 7, "location": "bottom_right"}, "margin"),
+        ({"location": "middle"}, "bottom_right, top_left, top_right, bottom_left, center"),
+        ({"location": (6, 0)}, "does not fit"),
+        ({"location": (-1, 0)}, "does not fit"),
+        ({"location": (1, 2, 3)}, "pair of ints"),
+        ({"image_size": (8,)}, "pair of ints"),
+        ({"image_size": (0, 8)}, "positive"),
+    ],
+)
+def test_factories_reject_bad_settings(make, settings: dict, message: str) -> None:
+    kwargs = {"image_size": (8, 8), "size": 3, "location": "bottom_right", **settings}
+
+    with pytest.raises(ValueError, match=message):
+        make(**kwargs)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
+def test_square_rejects_value_outside_unit_interval(value: float) -> None:
+    with pytest.raises(ValueError, match="value must lie in"):
+        square(image_size=(8, 8), size=3, value=value)
+
+
+def test_full_size_square_fits_only_without_margin() -> None:
+    centred = square(image_size=(8, 8), size=8, location="center")
+    explicit = square(image_size=(8, 8), size=8, location=(0, 0))
+
+    assert torch.all(centred.mask == 1) and torch.all(explicit.mask == 1)

@@ -1,0 +1,183 @@
+"""Tests for fedbackdoor.data.partition and the conf/partition configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fedbackdoor.data.datasets import synthetic
+from fedbackdoor.data.partition import partition_indices
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def balanced_labels(num_samples: int, num_classes: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(np.arange(num_samples) % num_classes)
+
+
+def assert_disjoint_cover(parts: list[np.ndarray], num_samples: int) -> None:
+    for part in parts:
+        assert part.dtype == np.int64
+        assert np.all(np.diff(part) > 0)  # sorted, no repeats
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(num_samples))
+
+
+def dirichlet(alpha: float, *, num_partitions: int = 10, seed: int = 0) -> DirichletPartitioner:
+    return DirichletPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        alpha=alpha,
+        min_partition_size=0,
+        self_balancing=False,
+        seed=seed,
+    )
+
+
+def mean_max_class_share(labels: np.ndarray, parts: list[np.ndarray]) -> float:
+    shares = [np.bincount(labels[p]).max() / len(p) for p in parts if len(p) > 0]
+    return float(np.mean(shares))
+
+
+# --------------------------------------------------------------------------------------------
+# IID
+
+
+def test_iid_partitions_are_disjoint_cover_everything_and_balanced() -> None:
+    labels = balanced_labels(103, 4)
+
+    parts = partition_indices(labels, IidPartitioner(num_partitions=5))
+
+    assert len(parts) == 5
+    assert_disjoint_cover(parts, 103)
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_iid_partitions_are_random_but_reproducible() -> None:
+    labels = balanced_labels(200, 4)
+
+    first = partition_indices(labels, IidPartitioner(num_partitions=4), seed=7)
+    again = partition_indices(labels, IidPartitioner(num_partitions=4), seed=7)
+    other = partition_indices(labels, IidPartitioner(num_partitions=4), seed=8)
+
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+    # Not contiguous blocks of the original order.
+    assert not np.array_equal(first[0], np.arange(50))
+
+
+def test_partitioner_instance_is_not_consumed() -> None:
+    labels = balanced_labels(60, 3)
+    partitioner = dirichlet(0.5, num_partitions=3)
+
+    first = partition_indices(labels, partitioner)
+    again = partition_indices(labels, partitioner)
+
+    assert not partitioner.is_dataset_assigned()
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_tensor_labels_give_the_same_partitions_as_numpy() -> None:
+    labels = balanced_labels(50, 5)
+
+    from_numpy = partition_indices(labels, IidPartitioner(num_partitions=3))
+    from_tensor = partition_indices(torch.from_numpy(labels), IidPartitioner(num_partitions=3))
+
+    for a, b in zip(from_numpy, from_tensor, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------------------------
+# Dirichlet
+
+
+def test_dirichlet_small_alpha_is_more_label_skewed_than_large_alpha() -> None:
+    labels = balanced_labels(2000, 10)
+
+    skewed = partition_indices(labels, dirichlet(0.1))
+    near_iid = partition_indices(labels, dirichlet(100.0))
+
+    assert_disjoint_cover(skewed, 2000)
+    assert_disjoint_cover(near_iid, 2000)
+    assert mean_max_class_share(labels, skewed) > 0.5
+    assert mean_max_class_share(labels, near_iid) < 0.2
+
+
+def test_dirichlet_is_reproducible_by_seed() -> None:
+    labels = balanced_labels(500, 5)
+
+    first = partition_indices(labels, dirichlet(0.5, seed=1))
+    again = partition_indices(labels, dirichlet(0.5, seed=1))
+    other = partition_indices(labels, dirichlet(0.5, seed=2))
+
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_more_partitions_than_samples_is_rejected() -> None:
+    with pytest.raises(ValueError, match="5 samples into 6 partitions"):
+        partition_indices(balanced_labels(5, 2), IidPartitioner(num_partitions=6))
+    with pytest.raises(ValueError, match="5 samples into 6 partitions"):
+        partition_indices(balanced_labels(5, 2), dirichlet(1.0, num_partitions=6))
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [np.array([], dtype=np.int64), np.zeros((4, 2), dtype=np.int64), np.array([0.0, 1.0])],
+    ids=["empty", "2-d", "float"],
+)
+def test_bad_labels_are_rejected(labels: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="labels"):
+        partition_indices(labels, IidPartitioner(num_partitions=1))
+
+
+def test_partitioner_with_a_dataset_is_rejected() -> None:
+    partitioner = IidPartitioner(num_partitions=2)
+    partitioner.dataset = Dataset.from_dict({"label": [0, 1, 0, 1]})
+
+    with pytest.raises(ValueError, match="already has a dataset"):
+        partition_indices(balanced_labels(10, 2), partitioner)
+
+
+# --------------------------------------------------------------------------------------------
+# conf/partition
+
+
+def partition_config(path: Path) -> DictConfig:
+    return OmegaConf.create({"num_clients": 5, "seed": 0, "partition": OmegaConf.load(path)})
+
+
+@pytest.mark.parametrize(
+    "path", sorted((CONF_DIR / "partition").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_partition_configs_instantiate_and_run(path: Path) -> None:
+    cfg = partition_config(path)
+    labels = synthetic(num_train=200, num_test=10).y_train
+
+    parts = partition_indices(labels, instantiate(cfg.partition.partitioner), seed=cfg.seed)
+
+    assert len(parts) == 5
+    assert_disjoint_cover(parts, 200)
+
+
+def test_dirichlet_config_with_bad_alpha_names_alpha() -> None:
+    cfg = partition_config(CONF_DIR / "partition" / "dirichlet.yaml")
+    cfg.partition.alpha = 0.0
+
+    with pytest.raises(InstantiationException, match="(?i)alpha"):
+        instantiate(cfg.partition.partitioner)

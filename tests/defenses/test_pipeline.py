@@ -1,0 +1,314 @@
+"""Tests for fedbackdoor.defenses.pipeline and the configs in conf/defense."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from fedbackdoor.defenses.aggregators import Aggregate, NotEnoughClients, krum, mean
+from fedbackdoor.defenses.pipeline import Defense, build_defense, validate_updates
+from fedbackdoor.defenses.transforms import add_gaussian_noise, clip_to_norm
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+DEFENSE_FILES = sorted((CONF_DIR / "defense").glob("*.yaml"))
+
+
+def _compose_defense(name: str, overrides: tuple[str, ...] = ()) -> DictConfig:
+    """Compose ``defense=<name>`` with Hydra, mounted at ``defense`` as in the root config."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        # No root config: only the defense group, so other groups cannot break this test.
+        root = compose(overrides=[f"+defense={name}", *overrides])
+    return root.defense
+
+
+# --------------------------------------------------------------------------------------------
+# Every config composes, builds and runs
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_expected_defense_configs_exist() -> None:
+    # Assert
+    names = {path.stem for path in DEFENSE_FILES}
+    assert {"fedavg", "clip", "dp", "median", "trimmed_mean", "krum"} <= names
+
+
+@pytest.mark.parametrize("path", DEFENSE_FILES, ids=[path.stem for path in DEFENSE_FILES])
+def test_every_defense_config_builds_and_runs(path: Path) -> None:
+    # Prepare
+    cfg = _compose_defense(path.stem)
+    generator = torch.Generator().manual_seed(0)
+    updates = torch.randn(7, 5, generator=generator)
+    weights = torch.arange(1, 8, dtype=torch.float32)
+
+    # Execute
+    defense = build_defense(cfg)
+    result = defense(updates, weights, generator=generator)
+
+    # Assert
+    assert isinstance(defense, Defense)
+    assert isinstance(result, Aggregate)
+    assert result.update.shape == (5,)
+    assert result.update.dtype == torch.float32
+    assert torch.all(torch.isfinite(result.update))
+    if result.flagged is not None:
+        assert result.flagged.shape == (7,)
+        assert result.flagged.dtype == torch.bool
+
+
+@pytest.mark.parametrize("path", DEFENSE_FILES, ids=[path.stem for path in DEFENSE_FILES])
+def test_every_defense_config_loads_without_hydra(path: Path) -> None:
+    # Prepare: the plain-OmegaConf way of mounting the group at `defense`
+    root = OmegaConf.create({"defense": OmegaConf.load(path)})
+
+    # Execute
+    defense = build_defense(root.defense)
+
+    # Assert
+    assert callable(defense.rule)
+    assert all(callable(t) for t in (*defense.pre, *defense.post))
+
+
+def test_user_settings_are_interpolated_into_the_nodes() -> None:
+    # Prepare
+    cfg = _compose_defense("dp", ("defense.max_norm=0.5", "defense.sigma=0"))
+    updates = torch.tensor([[3.0, 4.0], [0.0, 0.1]])
+    weights = torch.tensor([1.0, 1.0])
+
+    # Execute
+    result = build_defense(cfg)(updates, weights, generator=torch.Generator().manual_seed(0))
+
+    # Assert: row 0 clipped to norm 0.5 -> (0.3, 0.4) ; mean with (0, 0.1) -> (0.15, 0.25)
+    torch.testing.assert_close(result.update, torch.tensor([0.15, 0.25]))
+
+
+def test_krum_config_flags_the_outlier() -> None:
+    # Prepare
+    cfg = _compose_defense("krum")
+    updates = torch.tensor([[0.0], [1.0], [2.5], [3.0], [100.0]])
+
+    # Execute
+    result = build_defense(cfg)(updates, torch.ones(5), generator=torch.Generator())
+
+    # Assert
+    assert result.flagged is not None
+    assert result.flagged[-1]
+
+
+def test_dp_config_is_reproducible_with_the_same_seed() -> None:
+    # Prepare
+    defense = build_defense(_compose_defense("dp"))
+    updates = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    weights = torch.ones(4)
+
+    # Execute
+    first = defense(updates, weights, generator=torch.Generator().manual_seed(5))
+    second = defense(updates, weights, generator=torch.Generator().manual_seed(5))
+
+    # Assert
+    assert torch.equal(first.update, second.update)
+
+
+def test_bad_config_setting_raises_value_error_when_run() -> None:
+    # Prepare
+    defense = build_defense(_compose_defense("trimmed_mean", ("defense.beta=0.6",)))
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match=r"beta=0\.6"):
+        defense(torch.ones(5, 2), torch.ones(5), generator=torch.Generator())
+
+
+def test_build_defense_treats_missing_pre_and_post_as_empty() -> None:
+    # Prepare
+    cfg = OmegaConf.create(
+        {"rule": {"_target_": "fedbackdoor.defenses.aggregators.mean", "_partial_": True}}
+    )
+
+    # Execute
+    defense = build_defense(cfg)
+
+    # Assert
+    assert defense.pre == ()
+    assert defense.post == ()
+
+
+def test_build_defense_rejects_a_rule_that_is_not_partial() -> None:
+    # Prepare: without _partial_ Hydra would call mean() itself
+    cfg = OmegaConf.create(
+        {
+            "rule": {
+                "_target_": "fedbackdoor.defenses.aggregators.Aggregate",
+                "update": 0,
+                "flagged": None,
+            }
+        }
+    )
+
+    # Execute / Assert
+    with pytest.raises(TypeError, match="_partial_"):
+        build_defense(cfg)
+
+
+def test_build_defense_requires_a_rule() -> None:
+    # Execute / Assert
+    with pytest.raises(ValueError, match="rule"):
+        build_defense(OmegaConf.create({"pre": []}))
+
+
+# --------------------------------------------------------------------------------------------
+# Defense
+# --------------------------------------------------------------------------------------------
+
+
+def test_defense_runs_pre_then_rule_then_post() -> None:
+    # Prepare: pre doubles, rule is FedAvg, post adds 1 -- the order changes the answer
+    calls: list[str] = []
+
+    def double(updates: Tensor, *, generator: torch.Generator) -> Tensor:
+        calls.append("pre")
+        return 2 * updates
+
+    def rule(updates: Tensor, weights: Tensor) -> Aggregate:
+        calls.append("rule")
+        return mean(updates, weights)
+
+    def add_one(update: Tensor, *, generator: torch.Generator) -> Tensor:
+        calls.append("post")
+        return update + 1
+
+    defense = Defense(rule=rule, pre=[double], post=[add_one])
+    updates = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+
+    # Execute
+    result = defense(updates, torch.tensor([1.0, 3.0]), generator=torch.Generator())
+
+    # Assert: 2 * (0.25 * (1, 2) + 0.75 * (3, 4)) + 1 = 2 * (2.5, 3.5) + 1 = (6, 8)
+    torch.testing.assert_close(result.update, torch.tensor([6.0, 8.0]))
+    assert calls == ["pre", "rule", "post"]
+
+
+def test_defense_keeps_the_rules_flags_and_passes_the_generator() -> None:
+    # Prepare
+    defense = Defense(
+        rule=functools.partial(krum, f=1),
+        pre=[functools.partial(clip_to_norm, max_norm=10.0)],
+        post=[functools.partial(add_gaussian_noise, sigma=1.0)],
+    )
+    updates = torch.tensor([[0.0], [1.0], [2.5], [3.0], [100.0]])
+
+    # Execute
+    first = defense(updates, torch.ones(5), generator=torch.Generator().manual_seed(3))
+    second = defense(updates, torch.ones(5), generator=torch.Generator().manual_seed(3))
+
+    # Assert: 100 clipped to 10 is still the outlier ; 2.5 is selected, then noised
+    assert first.flagged is not None
+    assert first.flagged.tolist() == [True, True, False, True, True]
+    assert torch.equal(first.update, second.update)
+    assert not torch.equal(first.update, torch.tensor([2.5]))
+
+
+def test_defense_propagates_not_enough_clients() -> None:
+    # Prepare
+    defense = Defense(rule=functools.partial(krum, f=1))
+
+    # Execute / Assert
+    with pytest.raises(NotEnoughClients):
+        defense(torch.ones(4, 2), torch.ones(4), generator=torch.Generator())
+
+
+def test_defense_rejects_a_pre_transform_that_changes_the_shape() -> None:
+    # Prepare
+    def drop_first(updates: Tensor, *, generator: torch.Generator) -> Tensor:
+        return updates[1:]
+
+    defense = Defense(rule=mean, pre=[drop_first])
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="shape"):
+        defense(torch.ones(3, 2), torch.ones(3), generator=torch.Generator())
+
+
+def test_defense_is_frozen_and_hashable() -> None:
+    # Prepare
+    defense = Defense(rule=mean, pre=[functools.partial(clip_to_norm, max_norm=1.0)])
+
+    # Execute / Assert
+    assert isinstance(defense.pre, tuple)
+    hash(defense)
+    with pytest.raises(AttributeError):
+        defense.rule = mean  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------------------------
+# validate_updates
+# --------------------------------------------------------------------------------------------
+
+
+def test_validate_updates_rejects_bad_entries_and_reports_reasons() -> None:
+    # Prepare
+    good_a = torch.arange(7, dtype=torch.float32)
+    good_b = torch.ones(7, dtype=torch.float64)
+    with_nan = torch.zeros(7)
+    with_nan[[1, 4]] = float("nan")
+    with_nan[5] = float("inf")
+    with_inf = torch.zeros(7)
+    with_inf[0] = float("-inf")
+    wrong_shape = torch.zeros(5)
+    integer = torch.zeros(7, dtype=torch.int64)
+    updates = [good_a, with_nan, wrong_shape, good_b, integer, with_inf, torch.zeros(1, 7)]
+
+    # Execute
+    stacked, rejected, reasons = validate_updates(updates, expected_dim=7)
+
+    # Assert
+    assert stacked.dtype == torch.float32
+    assert torch.equal(stacked, torch.stack([good_a, good_b.float()]))
+    assert rejected == [1, 2, 4, 5, 6]
+    assert reasons == [
+        "3 non-finite values (nan/inf)",
+        "shape (5,) != expected (7,)",
+        "dtype torch.int64 is not floating",
+        "1 non-finite values (nan/inf)",
+        "shape (1, 7) != expected (7,)",
+    ]
+
+
+def test_validate_updates_with_nothing_valid_returns_an_empty_stack() -> None:
+    # Prepare
+    updates = [torch.full((3,), float("nan")), torch.zeros(2)]
+
+    # Execute
+    stacked, rejected, reasons = validate_updates(updates, expected_dim=3)
+
+    # Assert
+    assert stacked.shape == (0, 3)
+    assert stacked.dtype == torch.float32
+    assert rejected == [0, 1]
+    assert len(reasons) == 2
+
+
+def test_validate_updates_rejects_float64_values_that_overflow_float32() -> None:
+    # Prepare
+    updates = [torch.tensor([1e300, 0.0], dtype=torch.float64)]
+
+    # Execute
+    stacked, rejected, reasons = validate_updates(updates, expected_dim=2)
+
+    # Assert
+    assert stacked.shape == (0, 2)
+    assert rejected == [0]
+    assert "overflow" in reasons[0]
+
+
+def test_validate_updates_rejects_non_tensors() -> None:
+    # Execute
+    _, rejected, reasons = validate_updates([[1.0, 2.0]], expected_dim=2)  # type: ignore[list-item]
+
+    # Assert
+    assert rejected == [0]
+    assert reasons == ["not a tensor: list"]
