@@ -70,6 +70,8 @@ def run_simulation(cfg: DictConfig, run_dir: Path) -> Path:
 
     validate(cfg)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray's future default (leave CUDA_VISIBLE_DEVICES alone for num_gpus=0), minus its warning.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.addFilter(_DropDeprecation())
     if not cfg.backend.get("verbose", False):
