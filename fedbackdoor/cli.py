@@ -12,12 +12,15 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fedbackdoor.config import ConfigError, validate
 
 #: The Hydra config tree. Override with FEDBACKDOOR_CONF_DIR (e.g. a copy with your presets).
-CONF_DIR = Path(os.environ.get("FEDBACKDOOR_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
+CONF_DIR = Path(
+    os.environ.get("FEDBACKDOOR_CONF_DIR", Path(__file__).resolve().parents[1] / "conf")
+)
 
 USAGE = """usage: fedbackdoor run [HYDRA_OVERRIDES ...]   run one simulation (-m: a sweep)
        fedbackdoor run --help                    Hydra's help: config groups and options
@@ -38,16 +41,16 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
 
 
 def _run_job(cfg: DictConfig) -> None:
-    from fedbackdoor.fl.simulation import run_simulation
-
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         validate(cfg)
     except ConfigError as exc:
         print(f"fedbackdoor: invalid config: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    from fedbackdoor.fl.simulation import run_simulation  # flwr, Ray: only for a valid config
+
     run_simulation(cfg, run_dir)
-    if HydraConfig.get().mode.name == "RUN":
+    if HydraConfig.get().mode == RunMode.RUN:
         print(run_dir.resolve(), flush=True)
     else:
         _sweep_dirs.append(Path(HydraConfig.get().sweep.dir).resolve())

@@ -20,57 +20,92 @@ def _require(ok: bool, message: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the first bad key of ``cfg``."""
-    for key in ("num_rounds", "num_clients", "clients_per_round", "local_epochs", "batch_size",
-                "eval_batch_size"):
+    for key in (
+        "num_rounds",
+        "num_clients",
+        "clients_per_round",
+        "local_epochs",
+        "batch_size",
+        "eval_batch_size",
+    ):
         value = cfg[key]
-        _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                 f"{key}={value!r} must be an integer >= 1")
-    _require(cfg.clients_per_round <= cfg.num_clients,
-             f"clients_per_round={cfg.clients_per_round} must be <= "
-             f"num_clients={cfg.num_clients}")
+        _require(
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+            f"{key}={value!r} must be an integer >= 1",
+        )
+    _require(
+        cfg.clients_per_round <= cfg.num_clients,
+        f"clients_per_round={cfg.clients_per_round} must be <= num_clients={cfg.num_clients}",
+    )
     for key in ("lr", "server_lr"):
-        _require(isinstance(cfg[key], int | float) and cfg[key] > 0,
-                 f"{key}={cfg[key]!r} must be a number > 0")
+        _require(
+            isinstance(cfg[key], int | float) and cfg[key] > 0,
+            f"{key}={cfg[key]!r} must be a number > 0",
+        )
     for key in ("momentum", "weight_decay"):
-        _require(isinstance(cfg[key], int | float) and cfg[key] >= 0,
-                 f"{key}={cfg[key]!r} must be a number >= 0")
-    _require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool),
-             f"seed={cfg.seed!r} must be an integer")
+        _require(
+            isinstance(cfg[key], int | float) and cfg[key] >= 0,
+            f"{key}={cfg[key]!r} must be a number >= 0",
+        )
+    _require(
+        isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool),
+        f"seed={cfg.seed!r} must be an integer",
+    )
     device = str(cfg.device)
-    _require(device in ("cpu", "cuda", "auto") or device.startswith("cuda:"),
-             f"device={device!r} must be one of cpu, cuda, cuda:N, auto")
+    _require(
+        device in ("cpu", "cuda", "auto") or device.startswith("cuda:"),
+        f"device={device!r} must be one of cpu, cuda, cuda:N, auto",
+    )
 
     attack = cfg.attack
     fraction = attack.fraction
-    _require(isinstance(fraction, int | float) and 0.0 <= fraction <= 1.0,
-             f"attack.fraction={fraction!r} must be a number in [0, 1]")
+    _require(
+        isinstance(fraction, int | float) and 0.0 <= fraction <= 1.0,
+        f"attack.fraction={fraction!r} must be a number in [0, 1]",
+    )
     n_malicious = round(fraction * cfg.num_clients)
     per_round = attack.get("per_round")
     if per_round is not None:
-        _require(isinstance(per_round, int) and per_round >= 0,
-                 f"attack.per_round={per_round!r} must be null or an integer >= 0")
-        _require(per_round <= cfg.clients_per_round,
-                 f"attack.per_round={per_round} exceeds clients_per_round="
-                 f"{cfg.clients_per_round}")
-        _require(per_round <= n_malicious,
-                 f"attack.per_round={per_round} exceeds the {n_malicious} malicious clients "
-                 f"that attack.fraction={fraction} gives of num_clients={cfg.num_clients}")
-        _require(cfg.clients_per_round - per_round <= cfg.num_clients - n_malicious,
-                 f"attack.per_round={per_round}: too few benign clients to fill "
-                 f"clients_per_round={cfg.clients_per_round}")
+        _require(
+            isinstance(per_round, int) and per_round >= 0,
+            f"attack.per_round={per_round!r} must be null or an integer >= 0",
+        )
+        _require(
+            per_round <= cfg.clients_per_round,
+            f"attack.per_round={per_round} exceeds clients_per_round={cfg.clients_per_round}",
+        )
+        _require(
+            per_round <= n_malicious,
+            f"attack.per_round={per_round} exceeds the {n_malicious} malicious clients "
+            f"that attack.fraction={fraction} gives of num_clients={cfg.num_clients}",
+        )
+        _require(
+            cfg.clients_per_round - per_round <= cfg.num_clients - n_malicious,
+            f"attack.per_round={per_round}: too few benign clients to fill "
+            f"clients_per_round={cfg.clients_per_round}",
+        )
     ratio = attack.get("poison_ratio", 0.0)
-    _require(isinstance(ratio, int | float) and 0.0 <= ratio <= 1.0,
-             f"attack.poison_ratio={ratio!r} must be a number in [0, 1]")
+    _require(
+        isinstance(ratio, int | float) and 0.0 <= ratio <= 1.0,
+        f"attack.poison_ratio={ratio!r} must be a number in [0, 1]",
+    )
     target = attack.get("target_label", 0)
     classes = cfg.dataset.num_classes
-    _require(isinstance(target, int) and 0 <= target < classes,
-             f"attack.target_label={target!r} must be an integer in [0, {classes - 1}]")
+    _require(
+        isinstance(target, int) and 0 <= target < classes,
+        f"attack.target_label={target!r} must be an integer in [0, {classes - 1}]",
+    )
     boost = attack.get("boost", 1.0)
-    _require(isinstance(boost, int | float) and boost > 0,
-             f"attack.boost={boost!r} must be a number > 0")
+    _require(
+        isinstance(boost, int | float) and boost > 0, f"attack.boost={boost!r} must be a number > 0"
+    )
 
     resources = cfg.backend.client_resources
-    _require(resources.num_cpus > 0, f"backend.client_resources.num_cpus="
-             f"{resources.num_cpus!r} must be > 0")
-    _require(resources.num_gpus >= 0, f"backend.client_resources.num_gpus="
-             f"{resources.num_gpus!r} must be >= 0")
+    _require(
+        resources.num_cpus > 0,
+        f"backend.client_resources.num_cpus={resources.num_cpus!r} must be > 0",
+    )
+    _require(
+        resources.num_gpus >= 0,
+        f"backend.client_resources.num_gpus={resources.num_gpus!r} must be >= 0",
+    )

@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from fedbackdoor.attacks.poison import poison_dataset
 from fedbackdoor.attacks.triggers import Trigger
 from fedbackdoor.data.datasets import ImageData, get_dataset
-from fedbackdoor.data.partition import partition_indices
 from fedbackdoor.defenses.pipeline import Defense, build_defense
 from fedbackdoor.models import resolve_device
 from fedbackdoor.seeding import make_generator, seeded_init
@@ -36,6 +35,9 @@ def build_data(cfg: DictConfig) -> ImageData:
 
 def build_partitions(cfg: DictConfig, data: ImageData) -> list[np.ndarray]:
     """Training-set indices of every client, from the ``partition`` group's partitioner."""
+    # Imported here: flwr-datasets pulls in HuggingFace datasets (~1 s), which clients never need.
+    from fedbackdoor.data.partition import partition_indices
+
     partitioner = instantiate(cfg.partition.partitioner)
     return partition_indices(data.y_train.numpy(), partitioner, seed=int(cfg.seed))
 
@@ -90,6 +92,19 @@ def _client_world(cfg_yaml: str) -> tuple[DictConfig, ImageData, nn.Module, Trig
     return cfg, data, model, trigger
 
 
+def prepare_client(cfg_yaml: str) -> tuple[DictConfig, ImageData, nn.Module, Trigger | None]:
+    """Load (once per process) what a client of this run needs, and set its thread count.
+
+    A client computes with the cores it was given (``backend.client_resources.num_cpus``):
+    more threads than that would oversubscribe the machine when several clients train at once.
+    """
+    world = _client_world(cfg_yaml)
+    threads = max(1, int(world[0].backend.client_resources.num_cpus))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return world
+
+
 def client_update(
     cfg_yaml: str, global_state: dict[str, Tensor], spec: ClientSpec
 ) -> tuple[dict[str, Tensor], TrainResult]:
@@ -101,7 +116,7 @@ def client_update(
     Model poisoning (scaling, ...) is applied to the stacked updates where the round's
     updates are gathered: see :mod:`fedbackdoor.attacks.updates`.
     """
-    cfg, data, model, trigger = _client_world(cfg_yaml)
+    cfg, data, model, trigger = prepare_client(cfg_yaml)
     device = resolve_device(str(cfg.device))
     idx = torch.as_tensor(spec.indices, dtype=torch.long)
     x, y = data.x_train[idx], data.y_train[idx]

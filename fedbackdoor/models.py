@@ -23,6 +23,9 @@ from torch import Tensor, nn
 class Normalize(nn.Module):
     """Subtract a per-channel mean and divide by a per-channel std (fixed, not learned)."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if len(mean) != len(std):

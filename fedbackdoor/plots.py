@@ -16,8 +16,7 @@ def plot_run(metrics: pd.DataFrame, out: str | Path, *, title: str | None = None
     out = Path(out)
     fig, ax = plt.subplots(figsize=(5.0, 3.2), dpi=150)
     ax.plot(metrics["round"], metrics["main_acc"], marker="o", ms=3, label="main accuracy")
-    ax.plot(metrics["round"], metrics["backdoor_acc"], marker="s", ms=3,
-            label="backdoor accuracy")
+    ax.plot(metrics["round"], metrics["backdoor_acc"], marker="s", ms=3, label="backdoor accuracy")
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)

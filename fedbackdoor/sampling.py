@@ -31,7 +31,9 @@ class RoundSample:
         return sum(self.malicious)
 
 
-def choose_malicious(num_clients: int, fraction: float, *, generator: torch.Generator) -> frozenset[int]:
+def choose_malicious(
+    num_clients: int, fraction: float, *, generator: torch.Generator
+) -> frozenset[int]:
     """The fixed malicious set: ``round(fraction * num_clients)`` distinct client ids."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"attack.fraction={fraction} must be in [0, 1]")

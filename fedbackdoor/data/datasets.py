@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
+import importlib
 import inspect
 import os
 import shutil
@@ -27,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.datasets
 from torch import Tensor
 
 __all__ = [
@@ -230,6 +231,7 @@ class _TorchvisionSpec:
     """How to build one torchvision dataset, and its standard normalisation statistics."""
 
     class_name: str  # attribute of ``torchvision.datasets``, looked up at call time
+    raw_folder: str  # where under the root torchvision keeps the files
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -238,10 +240,12 @@ class _TorchvisionSpec:
 
 _TORCHVISION_DATASETS: dict[str, _TorchvisionSpec] = {
     "fashion_mnist": _TorchvisionSpec(
-        "FashionMNIST", 10, (0.2860,), (0.3530,), debian_package=True
+        "FashionMNIST", "FashionMNIST/raw", 10, (0.2860,), (0.3530,), debian_package=True
     ),
-    "mnist": _TorchvisionSpec("MNIST", 10, (0.1307,), (0.3081,)),
-    "cifar10": _TorchvisionSpec("CIFAR10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "mnist": _TorchvisionSpec("MNIST", "MNIST/raw", 10, (0.1307,), (0.3081,)),
+    "cifar10": _TorchvisionSpec(
+        "CIFAR10", "cifar-10-batches-py", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    ),
 }
 
 # What a failed attempt to read a torchvision root can raise: RuntimeError ("Dataset not found",
@@ -321,7 +325,7 @@ def _load_torchvision(
 
     if data_dir is not None:
         try:
-            return _read_torchvision(spec, name, Path(data_dir), download=False)
+            return _read_torchvision(spec, name, Path(data_dir), Path(cache_dir), download=False)
         except _LOAD_ERRORS as err:
             last_error = err
             tried.append(f"data_dir {data_dir}: {type(err).__name__}: {err}")
@@ -339,7 +343,9 @@ def _load_torchvision(
         else:
             try:
                 _decompress_debian_fashion_mnist(debian, Path(cache_dir))
-                return _read_torchvision(spec, name, Path(cache_dir), download=False)
+                return _read_torchvision(
+                    spec, name, Path(cache_dir), Path(cache_dir), download=False
+                )
             except _LOAD_ERRORS as err:
                 last_error = err
                 tried.append(
@@ -349,7 +355,7 @@ def _load_torchvision(
 
     try:
         # With the files already in the cache, torchvision skips the download.
-        return _read_torchvision(spec, name, Path(cache_dir), download=True)
+        return _read_torchvision(spec, name, Path(cache_dir), Path(cache_dir), download=True)
     except _LOAD_ERRORS as err:
         last_error = err
         tried.append(f"download into cache dir {cache_dir}: {type(err).__name__}: {err}")
@@ -361,22 +367,77 @@ def _load_torchvision(
 
 
 def _read_torchvision(
-    spec: _TorchvisionSpec, name: str, root: Path, *, download: bool
+    spec: _TorchvisionSpec, name: str, root: Path, cache_dir: Path, *, download: bool
 ) -> ImageData:
-    """Both splits of a torchvision dataset under ``root``, converted to tensors in one go."""
-    dataset_cls = getattr(torchvision.datasets, spec.class_name)
+    """Both splits of a torchvision dataset under ``root``, converted to tensors in one go.
+
+    The first read of a set of raw files goes through torchvision and leaves their tensors in
+    ``<cache_dir>/tensors/`` (keyed by the files' paths, sizes and modification times); later
+    reads, e.g. every Ray actor of every run, load those tensors directly and do not even import
+    torchvision (whose import alone takes about two seconds).
+    """
+    tensor_file = _tensor_cache_file(name, root / spec.raw_folder, cache_dir)
+    if tensor_file is not None and tensor_file.is_file():
+        try:
+            arrays = torch.load(tensor_file, weights_only=True)
+        except Exception:  # a damaged cache file is rebuilt below
+            arrays = None
+        if arrays is not None:
+            return _image_data(spec, name, arrays)
+    datasets = importlib.import_module("torchvision.datasets")
+    dataset_cls = getattr(datasets, spec.class_name)
     train = dataset_cls(root=str(root), train=True, download=download)
     test = dataset_cls(root=str(root), train=False, download=download)
+    arrays = {
+        "x_train": torch.as_tensor(train.data),
+        "y_train": torch.as_tensor(np.asarray(train.targets), dtype=torch.int64),
+        "x_test": torch.as_tensor(test.data),
+        "y_test": torch.as_tensor(np.asarray(test.targets), dtype=torch.int64),
+    }
+    tensor_file = tensor_file or _tensor_cache_file(name, root / spec.raw_folder, cache_dir)
+    if tensor_file is not None:
+        _save_atomically(arrays, tensor_file)
+    return _image_data(spec, name, arrays)
+
+
+def _image_data(spec: _TorchvisionSpec, name: str, arrays: dict[str, Tensor]) -> ImageData:
     return ImageData(
-        x_train=_images_to_tensor(train.data),
-        y_train=torch.as_tensor(np.asarray(train.targets), dtype=torch.int64),
-        x_test=_images_to_tensor(test.data),
-        y_test=torch.as_tensor(np.asarray(test.targets), dtype=torch.int64),
+        x_train=_images_to_tensor(arrays["x_train"]),
+        y_train=arrays["y_train"],
+        x_test=_images_to_tensor(arrays["x_test"]),
+        y_test=arrays["y_test"],
         num_classes=spec.num_classes,
         name=name,
         mean=spec.mean,
         std=spec.std,
     )
+
+
+def _tensor_cache_file(name: str, raw_folder: Path, cache_dir: Path) -> Path | None:
+    """Where the tensors of the raw files in ``raw_folder`` are cached (None if no files)."""
+    if not raw_folder.is_dir():
+        return None
+    stats = sorted(
+        (str(f.relative_to(raw_folder)), f.stat().st_size, f.stat().st_mtime_ns)
+        for f in raw_folder.rglob("*")
+        if f.is_file()
+    )
+    if not stats:
+        return None
+    key = hashlib.sha256(repr((str(raw_folder.resolve()), stats)).encode()).hexdigest()[:16]
+    return cache_dir / "tensors" / f"{name}-{key}.pt"
+
+
+def _save_atomically(arrays: dict[str, Tensor], target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        with os.fdopen(fd, "wb") as out:
+            torch.save(arrays, out)
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, target)
+    except OSError:  # a read-only cache only costs speed
+        Path(locals().get("tmp_name", target)).unlink(missing_ok=True)
 
 
 def _images_to_tensor(data: Tensor | np.ndarray) -> Tensor:

@@ -44,8 +44,9 @@ class Layout:
         if tuple(state) != self.keys:
             missing = sorted(set(self.keys) - set(state))
             extra = sorted(set(state) - set(self.keys))
-            raise LayoutMismatch(f"keys differ from the global model: missing {missing}, "
-                                 f"unexpected {extra}")
+            raise LayoutMismatch(
+                f"keys differ from the global model: missing {missing}, unexpected {extra}"
+            )
         parts = []
         for key, shape, value in zip(self.keys, self.shapes, state.values(), strict=True):
             if tuple(value.shape) != shape:
@@ -58,8 +59,9 @@ class Layout:
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         """Cut ``flat`` back into a ``state_dict`` with the original shapes and dtypes."""
         if flat.shape != (self.dim,):
-            raise LayoutMismatch(f"flat vector has shape {tuple(flat.shape)}, "
-                                 f"expected ({self.dim},)")
+            raise LayoutMismatch(
+                f"flat vector has shape {tuple(flat.shape)}, expected ({self.dim},)"
+            )
         out: dict[str, Tensor] = {}
         offset = 0
         flat = flat.detach().cpu()

@@ -11,7 +11,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedbackdoor.experiment import ClientSpec, client_update
+from fedbackdoor.experiment import ClientSpec, client_update, prepare_client
 from fedbackdoor.fl.arrays import to_record, to_state_dict
 
 app = ClientApp()
@@ -20,14 +20,14 @@ app = ClientApp()
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train on the partition named in the message, starting from the global weights."""
-    cfg = msg.content["config"]
+    cfg = msg.content.config_records["config"]
     spec = ClientSpec(
         round=int(cfg["server-round"]),  # type: ignore[arg-type]
         partition=int(cfg["partition-id"]),  # type: ignore[arg-type]
         malicious=bool(cfg["malicious"]),
         indices=np.asarray(cfg["indices"], dtype=np.int64),
     )
-    global_state = to_state_dict(msg.content["arrays"])
+    global_state = to_state_dict(msg.content.array_records["arrays"])
     state, result = client_update(str(cfg["run-config"]), global_state, spec)
     reply = RecordDict(
         {
@@ -42,3 +42,18 @@ def train(msg: Message, context: Context) -> Message:
     )
     return Message(content=reply, reply_to=msg)
 
+
+@app.query()
+def warm_up(msg: Message, context: Context) -> Message:
+    """Import, load the data, build the model and take one training step (first-call costs of
+    autograd and the optimizer) before the first round needs them."""
+    cfg_yaml = str(msg.content.config_records["config"]["run-config"])
+    _, data, model, _ = prepare_client(cfg_yaml)
+    spec = ClientSpec(
+        round=0,
+        partition=0,
+        malicious=False,
+        indices=np.arange(min(8, len(data.y_train)), dtype=np.int64),
+    )
+    client_update(cfg_yaml, model.state_dict(), spec)
+    return Message(content=RecordDict({"metrics": MetricRecord({"ready": 1})}), reply_to=msg)

@@ -14,7 +14,15 @@ import shlex
 import time
 from pathlib import Path
 
-from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,7 +36,7 @@ from fedbackdoor.experiment import (
     build_update_attack,
 )
 from fedbackdoor.fl.arrays import to_record, to_state_dict
-from fedbackdoor.fl.strategy import DefenseStrategy, RoundReport
+from fedbackdoor.fl.strategy import DefenseStrategy, RoundReport, wait_for_nodes
 from fedbackdoor.metrics import Evaluator
 from fedbackdoor.models import resolve_device
 from fedbackdoor.plots import plot_run
@@ -37,19 +45,53 @@ from fedbackdoor.sampling import choose_malicious
 from fedbackdoor.seeding import make_generator
 
 
-def round_row(round_: int, evaluation: dict[str, float], report: RoundReport | None,
-              seconds: float) -> dict[str, object]:
+def round_row(
+    round_: int, evaluation: dict[str, float], report: RoundReport | None, seconds: float
+) -> dict[str, object]:
     """One row of ``metrics.csv``."""
     row: dict[str, object] = {"round": round_, **evaluation, "seconds": round(seconds, 3)}
     if report is None:  # round 0: the initial model, nobody trained
         row.update(n_clients=0, n_malicious=0, n_rejected=0)
         return row
-    row.update(n_clients=report.n_clients, n_malicious=report.n_malicious,
-               n_rejected=report.n_rejected, n_flagged=report.n_flagged)
+    row.update(
+        n_clients=report.n_clients,
+        n_malicious=report.n_malicious,
+        n_rejected=report.n_rejected,
+        n_flagged=report.n_flagged,
+    )
     if report.detection is not None:
         d = report.detection
         row.update(det_tp=d.tp, det_fp=d.fp, det_tpr=d.tpr, det_fpr=d.fpr)
     return row
+
+
+class WarmUp:
+    """Warm-up messages: clients import torch, load the data and build the model while the
+    server sets up and evaluates the initial model, instead of during round 1."""
+
+    def __init__(self, grid: Grid, cfg_yaml: str, count: int, min_nodes: int = 1) -> None:
+        self.grid = grid
+        content = RecordDict({"config": ConfigRecord({"run-config": cfg_yaml})})
+        messages = [
+            Message(content=content, message_type=MessageType.QUERY, dst_node_id=node)
+            for node in wait_for_nodes(grid, min_nodes)[:count]
+        ]
+        self.pending = set(grid.push_messages(messages))
+        self.count = len(messages)
+
+    def wait(self, timeout: float = 1800.0, poll: float = 0.02) -> None:
+        """Block until every client answered; raise if none of them could start."""
+        errors: list[str] = []
+        deadline = time.monotonic() + timeout
+        while self.pending and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(list(self.pending)):
+                self.pending.discard(reply.metadata.reply_to_message_id)
+                if reply.has_error():
+                    errors.append(reply.error.reason or f"error code {reply.error.code}")
+            if self.pending:
+                time.sleep(poll)
+        if errors and len(errors) == self.count:
+            raise RuntimeError(f"no client could start; the first said: {errors[0]}")
 
 
 def run_server(grid: Grid, cfg: DictConfig, run_dir: Path) -> Path:
@@ -58,8 +100,11 @@ def run_server(grid: Grid, cfg: DictConfig, run_dir: Path) -> Path:
     Returns the path of ``metrics.csv``.
     """
     validate(cfg)
+    cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    min_nodes = int(cfg.backend.get("min_nodes") or 1)
+    warm_up = WarmUp(grid, cfg_yaml, int(cfg.clients_per_round), min_nodes)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (run_dir / "config.yaml").write_text(cfg_yaml)
     seed = int(cfg.seed)
 
     data = build_data(cfg)
@@ -73,10 +118,11 @@ def run_server(grid: Grid, cfg: DictConfig, run_dir: Path) -> Path:
         device=resolve_device(str(cfg.device)),
     )
     strategy = DefenseStrategy(
-        cfg_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+        cfg_yaml=cfg_yaml,
         partitions=build_partitions(cfg, data),
         malicious_set=choose_malicious(
-            int(cfg.num_clients), float(cfg.attack.fraction),
+            int(cfg.num_clients),
+            float(cfg.attack.fraction),
             generator=make_generator(seed, "malicious"),
         ),
         clients_per_round=int(cfg.clients_per_round),
@@ -87,6 +133,7 @@ def run_server(grid: Grid, cfg: DictConfig, run_dir: Path) -> Path:
         sample_generator=make_generator(seed, "sample"),
         attack_generator=make_generator(seed, "attack"),
         defense_generator=make_generator(seed, "defense"),
+        min_nodes=min_nodes,
     )
     writer = MetricsWriter(run_dir / "metrics.csv")
     num_rounds = int(cfg.num_rounds)
@@ -112,6 +159,8 @@ def run_server(grid: Grid, cfg: DictConfig, run_dir: Path) -> Path:
             f"backdoor_acc {evaluation['backdoor_acc']:.4f}{extra}  {row['seconds']:.2f}s",
             flush=True,
         )
+        if server_round == 0:
+            warm_up.wait()
         return MetricRecord({k: float(v) for k, v in evaluation.items()})
 
     try:
@@ -150,8 +199,7 @@ def flwr_main(grid: Grid, context: Context) -> None:
 
     overrides = shlex.split(str(context.run_config.get("overrides", "")))
     cfg = compose_config(overrides)
-    run_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr"))) / time.strftime(
-        "%Y-%m-%d_%H-%M-%S"
-    )
+    output_dir = Path(str(context.run_config.get("output-dir", "")) or "outputs/flwr")
+    run_dir = output_dir.expanduser() / time.strftime("%Y-%m-%d_%H-%M-%S")
     run_server(grid, cfg, run_dir)
     print(run_dir.resolve(), flush=True)

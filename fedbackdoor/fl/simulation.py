@@ -7,7 +7,12 @@ object). We start Ray ourselves so that
 
 * a leftover ``/tmp/ray/ray_current_cluster`` from a crashed run cannot make ``ray.init`` attach
   to a dead cluster and hang (``address="local"`` always starts a fresh one), and
-* ``backend.address`` can join an existing Ray cluster instead.
+* ``backend.address`` can join an existing Ray cluster instead, and
+* the driver passes no ``runtime_env``: Ray prestarts one idle worker per core at ``ray.init``,
+  and only workers of the job's default environment can become Flower's actors at once (any
+  ``runtime_env`` makes Ray start fresh workers, which costs seconds). The server's warm-up
+  message (:mod:`fedbackdoor.fl.server_app`) then loads torch, data and model in the actors
+  while the server evaluates the initial model.
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from flwr.simulation import run_simulation as flwr_run_simulation
 from omegaconf import DictConfig
 
 from fedbackdoor.config import validate
+from fedbackdoor.fl.client_app import app as client_app
+from fedbackdoor.fl.server_app import make_server_app
 
 
 class _DropDeprecation(logging.Filter):
@@ -45,6 +53,7 @@ def init_ray(cfg: DictConfig) -> None:
 
     if ray.is_initialized():
         return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     address = cfg.backend.get("address")
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
@@ -63,15 +72,7 @@ def init_ray(cfg: DictConfig) -> None:
 
 def run_simulation(cfg: DictConfig, run_dir: Path) -> Path:
     """Run the experiment ``cfg`` on the Ray simulation backend; return ``metrics.csv``."""
-    from flwr.simulation import run_simulation as flwr_run_simulation
-
-    from fedbackdoor.fl.client_app import app as client_app
-    from fedbackdoor.fl.server_app import make_server_app
-
     validate(cfg)
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # Ray's future default (leave CUDA_VISIBLE_DEVICES alone for num_gpus=0), minus its warning.
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.addFilter(_DropDeprecation())
     if not cfg.backend.get("verbose", False):

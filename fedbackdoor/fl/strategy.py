@@ -14,6 +14,7 @@ reproducible although Flower's node ids are random per run.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from logging import INFO, WARNING
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.logger import log  # Flower's logger: our lines interleave with its own
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import Tensor
@@ -31,15 +33,6 @@ from fedbackdoor.defenses.pipeline import Defense, validate_updates
 from fedbackdoor.fl.arrays import Layout, LayoutMismatch, flatten_record, to_record, to_state_dict
 from fedbackdoor.metrics import Detection, detection
 from fedbackdoor.sampling import RoundSample, sample_round
-
-try:  # flwr's logger, so our lines interleave with Flower's
-    from flwr.common.logger import log
-except ImportError:  # pragma: no cover
-    import logging
-
-    def log(level: int, msg: str, *args: object) -> None:
-        logging.getLogger("fedbackdoor").log(level, msg, *args)
-
 
 UpdateAttack = Callable[..., Tensor]
 
@@ -82,6 +75,8 @@ class DefenseStrategy(Strategy):
         The global model moves by ``server_lr`` times the aggregate.
     sample_generator, attack_generator, defense_generator : torch.Generator
         The run's random streams.
+    min_nodes : int
+        Nodes to wait for before a round (SuperNodes joining a deployment).
     """
 
     def __init__(
@@ -98,6 +93,7 @@ class DefenseStrategy(Strategy):
         sample_generator: torch.Generator,
         attack_generator: torch.Generator,
         defense_generator: torch.Generator,
+        min_nodes: int = 1,
     ) -> None:
         self.cfg_yaml = cfg_yaml
         self.partitions = partitions
@@ -110,6 +106,7 @@ class DefenseStrategy(Strategy):
         self.sample_generator = sample_generator
         self.attack_generator = attack_generator
         self.defense_generator = defense_generator
+        self.min_nodes = min_nodes
         self.report: RoundReport | None = None
         self._global: Tensor | None = None
         self._layout: Layout | None = None
@@ -139,9 +136,12 @@ class DefenseStrategy(Strategy):
             generator=self.sample_generator,
         )
         self.report = RoundReport(round=server_round, sample=sample)
-        nodes = _wait_for_nodes(grid, len(sample.partitions))
+        # Partitions go to nodes round-robin: in the simulation there is one node per client;
+        # a deployment may run fewer SuperNodes, each training several partitions in turn.
+        nodes = wait_for_nodes(grid, self.min_nodes)
         messages = []
-        for node, partition, bad in zip(nodes, sample.partitions, sample.malicious, strict=False):
+        for i, (partition, bad) in enumerate(zip(sample.partitions, sample.malicious, strict=True)):
+            node = nodes[i % len(nodes)]
             content = RecordDict(
                 {
                     "arrays": arrays,
@@ -156,8 +156,9 @@ class DefenseStrategy(Strategy):
                     ),
                 }
             )
-            messages.append(Message(content=content, message_type=MessageType.TRAIN,
-                                    dst_node_id=node))
+            messages.append(
+                Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
+            )
         return messages
 
     def aggregate_train(
@@ -165,8 +166,7 @@ class DefenseStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         assert self.report is not None and self._global is not None and self._layout is not None
         report, layout, global_flat = self.report, self._layout, self._global
-        sample_malicious = dict(zip(report.sample.partitions, report.sample.malicious,
-                                    strict=True))
+        sample_malicious = dict(zip(report.sample.partitions, report.sample.malicious, strict=True))
 
         # Decode every reply; a broken one is rejected, never fatal.
         decoded: list[tuple[int, Tensor, float]] = []
@@ -175,12 +175,12 @@ class DefenseStrategy(Strategy):
                 report.rejected.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
                 continue
             try:
-                cfg = msg.content["config"]
+                cfg = msg.content.config_records["config"]
                 partition = int(cfg["partition-id"])  # type: ignore[arg-type]
                 weight = float(cfg["num-examples"])  # type: ignore[arg-type]
                 if partition not in sample_malicious or not weight > 0:
                     raise LayoutMismatch(f"partition {partition} / num-examples {weight}")
-                flat = flatten_record(msg.content["arrays"], layout)
+                flat = flatten_record(msg.content.array_records["arrays"], layout)
             except (KeyError, TypeError, ValueError) as exc:
                 report.rejected.append(f"node {msg.metadata.src_node_id}: {exc}")
                 continue
@@ -242,9 +242,12 @@ class DefenseStrategy(Strategy):
         return None
 
 
-def _wait_for_nodes(grid: Grid, needed: int, poll: float = 1.0) -> list[int]:
-    """The first ``needed`` connected node ids (sorted), waiting for SuperNodes to join."""
+def wait_for_nodes(grid: Grid, needed: int, poll: float = 0.05) -> list[int]:
+    """All connected node ids (sorted), once at least ``needed`` are connected."""
+    last_log = -math.inf
     while len(nodes := sorted(grid.get_node_ids())) < needed:
-        log(INFO, "waiting for nodes: %d connected, %d needed", len(nodes), needed)
+        if time.monotonic() - last_log > 10.0:
+            log(INFO, "waiting for nodes: %d connected, %d needed", len(nodes), needed)
+            last_log = time.monotonic()
         time.sleep(poll)
-    return nodes[:needed]
+    return nodes

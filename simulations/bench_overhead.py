@@ -1,0 +1,181 @@
+"""What does Flower's simulation cost on top of the training it runs?
+
+Runs, in one process and one sitting, the same rounds of the same experiment twice:
+
+(a) the ideal: every round's local training done by plain PyTorch, one single-thread trainer
+    process per core working in parallel (started and warmed up before timing), then the same
+    aggregation and the same server-side evaluation;
+(b) the same rounds through the Flower simulation (Ray backend), end to end.
+
+It prints the steady per-round time of both and their ratio (b)/(a) (rounds after the first),
+and the start-up + shutdown seconds of (b): the wall time of one simulation call
+(:func:`fedbackdoor.fl.simulation.run_simulation`: Ray start, actors, their warm-up, the
+server's set-up, shutdown) minus its rounds at the steady per-round time. Python's one-time
+imports of the process (torch, flwr) are done before and not counted: a sweep pays them once.
+
+    .venv/bin/python simulations/bench_overhead.py [HYDRA_OVERRIDES ...]
+
+Defaults: the quickstart study (Fashion-MNIST, 20 clients, 10 per round), 6 rounds.
+Targets (issue 2): per-round ratio <= 1.05; start-up + shutdown <= 8 s.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from fedbackdoor.cli import compose_config
+from fedbackdoor.experiment import (
+    ClientSpec,
+    build_data,
+    build_defense_pipeline,
+    build_model,
+    build_partitions,
+    build_trigger,
+    client_update,
+)
+from fedbackdoor.fl.arrays import Layout
+from fedbackdoor.metrics import Evaluator
+from fedbackdoor.sampling import choose_malicious, sample_round
+from fedbackdoor.seeding import make_generator
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _train(args: tuple[str, dict[str, torch.Tensor], ClientSpec]) -> dict[str, torch.Tensor]:
+    cfg_yaml, state, spec = args
+    new_state, _ = client_update(cfg_yaml, state, spec)
+    return new_state
+
+
+def ideal_rounds(cfg, workers: int) -> list[float]:  # type: ignore[no-untyped-def]
+    """Seconds of each round done by plain PyTorch processes (one per core)."""
+    from omegaconf import OmegaConf
+
+    cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    data = build_data(cfg)
+    model = build_model(cfg, data)
+    partitions = build_partitions(cfg, data)
+    evaluator = Evaluator.build(
+        data.x_test,
+        data.y_test,
+        trigger=build_trigger(cfg),
+        target_label=int(cfg.attack.target_label),
+        batch_size=int(cfg.eval_batch_size),
+    )
+    defense = build_defense_pipeline(cfg)
+    seed = int(cfg.seed)
+    malicious = choose_malicious(
+        int(cfg.num_clients),
+        float(cfg.attack.fraction),
+        generator=make_generator(seed, "malicious"),
+    )
+    sampler = make_generator(seed, "sample")
+    ctx = mp.get_context("spawn")
+    times = []
+    with ctx.Pool(workers, initializer=_worker_init) as pool:
+        # Warm-up: every worker imports, loads the data and builds the model before timing.
+        warm = ClientSpec(round=0, partition=0, malicious=False, indices=partitions[0][:64])
+        pool.map(_train, [(cfg_yaml, model.state_dict(), warm)] * workers, chunksize=1)
+        for rnd in range(1, int(cfg.num_rounds) + 1):
+            start = time.perf_counter()
+            sample = sample_round(
+                int(cfg.num_clients),
+                int(cfg.clients_per_round),
+                malicious,
+                per_round=cfg.attack.get("per_round"),
+                generator=sampler,
+            )
+            state = model.state_dict()
+            jobs = [
+                (cfg_yaml, state, ClientSpec(rnd, p, m, partitions[p]))
+                for p, m in zip(sample.partitions, sample.malicious, strict=True)
+            ]
+            states = pool.map(_train, jobs, chunksize=1)
+            layout = Layout.of(state)
+            glob = layout.flatten(state)
+            updates = torch.stack([layout.flatten(s) - glob for s in states])
+            weights = torch.tensor([float(len(partitions[p])) for p in sample.partitions])
+            agg = defense(updates, weights, generator=make_generator(seed, "defense"))
+            model.load_state_dict(layout.unflatten(glob + agg.update))
+            evaluator(model)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def flower_rounds(cfg) -> tuple[list[float], float, dict[str, float]]:  # type: ignore[no-untyped-def]
+    """Seconds of each round through Flower, the wall time of the whole call, and when its
+    phases ended (seconds since the call)."""
+    from fedbackdoor.fl import server_app, simulation  # imports flwr, Ray, the apps
+    from fedbackdoor.results import load_metrics
+
+    marks: dict[str, float] = {}
+    start = time.perf_counter()
+
+    def timed(name: str, fn):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            marks[f"{name} begins"] = time.perf_counter() - start
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                marks[f"{name} ends"] = time.perf_counter() - start
+
+        return wrapper
+
+    simulation.init_ray = timed("ray.init", simulation.init_ray)
+    server_app.run_server = timed("server", server_app.run_server)
+    server_app.WarmUp.wait = timed("warm-up wait", server_app.WarmUp.wait)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        simulation.run_simulation(cfg, Path(tmp))
+        wall = time.perf_counter() - start
+        metrics = load_metrics(Path(tmp) / "metrics.csv")
+    return metrics["seconds"].tolist(), wall, marks
+
+
+def main(argv: list[str]) -> None:
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    cfg = compose_config(["num_rounds=6", *argv])
+    cores = int(cfg.backend.num_cpus or os.cpu_count() or 1)
+    workers = max(1, int(cores // float(cfg.backend.client_resources.num_cpus)))
+
+    ideal = ideal_rounds(cfg, workers)
+    flower, wall, marks = flower_rounds(cfg)
+    # flower[0] is round 0 (evaluation of the initial model); flower[1] includes warm-up.
+    ideal_steady = statistics.median(ideal[1:])
+    flower_steady = statistics.median(flower[2:])
+    overhead = wall - flower[0] - flower_steady * (len(flower) - 1)
+    print(
+        f"config: {cfg.dataset.name}, {cfg.num_clients} clients, {cfg.clients_per_round} per "
+        f"round, {cfg.num_rounds} rounds, {workers} trainers x "
+        f"{cfg.backend.client_resources.num_cpus} CPU"
+    )
+    print(
+        f"(a) ideal per-round seconds:  median {ideal_steady:.3f}  all "
+        f"{[round(t, 2) for t in ideal]}"
+    )
+    print(
+        f"(b) flower per-round seconds: median {flower_steady:.3f}  all "
+        f"{[round(t, 2) for t in flower[1:]]}"
+    )
+    print(f"per-round ratio (b)/(a): {flower_steady / ideal_steady:.3f}   (target <= 1.05)")
+    print(f"start-up + shutdown: {overhead:.1f} s of {wall:.1f} s wall   (target <= 8 s)")
+    print(
+        "  phases (s since the call): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in sorted(marks.items(), key=lambda kv: kv[1]))
+        + f", returned {wall:.1f}; round 1 took {flower[1]:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
