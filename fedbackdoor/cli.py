@@ -24,6 +24,9 @@ CONF_DIR = Path(
 
 USAGE = """usage: fedbackdoor run [HYDRA_OVERRIDES ...]   run one simulation (-m: a sweep)
        fedbackdoor run --help                    Hydra's help: config groups and options
+       fedbackdoor flower [--supernodes N] [HYDRA_OVERRIDES ...]
+                                                 the same through `flwr run` on a local
+                                                 SuperLink (N SuperNodes: Deployment Runtime)
 
 examples:
   fedbackdoor run                                  the default study (Fashion-MNIST, BadNets)
@@ -70,6 +73,11 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     command, rest = args[0], args[1:]
+    if command == "flower":
+        from fedbackdoor.fl.local_federation import main as flower_main
+
+        flower_main(rest)
+        return
     if command != "run":
         print(f"fedbackdoor: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)

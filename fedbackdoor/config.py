@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from fedbackdoor.sampling import malicious_count
+
 
 class ConfigError(ValueError):
     """A config value is out of range or inconsistent with another."""
@@ -63,7 +65,7 @@ def validate(cfg: DictConfig) -> None:
         isinstance(fraction, int | float) and 0.0 <= fraction <= 1.0,
         f"attack.fraction={fraction!r} must be a number in [0, 1]",
     )
-    n_malicious = round(fraction * cfg.num_clients)
+    n_malicious = malicious_count(cfg.num_clients, fraction)
     per_round = attack.get("per_round")
     if per_round is not None:
         _require(

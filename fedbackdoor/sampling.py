@@ -2,7 +2,7 @@
 
 Two threat models from the literature:
 
-* a **fixed malicious set**: ``round(fraction * num_clients)`` clients, drawn once from the
+* a **fixed malicious set**: ``fraction * num_clients`` clients (rounded half up), drawn from the
   seed, are malicious for the whole run and are sampled like everyone else (FLPoison, BackFed);
 * an **exact number per round**: every round's sample holds exactly ``per_round`` malicious
   clients drawn from that set, as in the model-replacement experiments of Bagdasaryan et al.,
@@ -14,6 +14,7 @@ server samples *partitions* here with its own generator and then hands them to n
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -31,13 +32,19 @@ class RoundSample:
         return sum(self.malicious)
 
 
+def malicious_count(num_clients: int, fraction: float) -> int:
+    """``fraction * num_clients`` rounded half up (0.5 client -> 1; Python's ``round`` would
+    give 0 for 0.5 but 2 for 1.5)."""
+    return math.floor(fraction * num_clients + 0.5)
+
+
 def choose_malicious(
     num_clients: int, fraction: float, *, generator: torch.Generator
 ) -> frozenset[int]:
-    """The fixed malicious set: ``round(fraction * num_clients)`` distinct client ids."""
+    """The fixed malicious set: :func:`malicious_count` distinct client ids."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"attack.fraction={fraction} must be in [0, 1]")
-    count = round(fraction * num_clients)
+    count = malicious_count(num_clients, fraction)
     return frozenset(torch.randperm(num_clients, generator=generator)[:count].tolist())
 
 

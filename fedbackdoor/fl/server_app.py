@@ -14,6 +14,7 @@ import shlex
 import time
 from pathlib import Path
 
+import torch
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -97,7 +98,9 @@ class WarmUp:
 def run_server(grid: Grid, cfg: DictConfig, run_dir: Path) -> Path:
     """Run all rounds of the experiment ``cfg`` on ``grid``; write results to ``run_dir``.
 
-    Returns the path of ``metrics.csv``.
+    Writes ``config.yaml`` (resolved), ``metrics.csv`` (a row per round, as it ends),
+    ``accuracy.png`` and ``model.pt`` (the final global ``state_dict``). Returns the path of
+    ``metrics.csv``.
     """
     validate(cfg)
     cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
@@ -163,13 +166,13 @@ def run_server(grid: Grid, cfg: DictConfig, run_dir: Path) -> Path:
             warm_up.wait()
         return MetricRecord({k: float(v) for k, v in evaluation.items()})
 
+    initial = to_record(model.state_dict())
     try:
-        strategy.start(
-            grid=grid,
-            initial_arrays=to_record(model.state_dict()),
-            num_rounds=num_rounds,
-            evaluate_fn=evaluate_fn,
+        result = strategy.start(
+            grid=grid, initial_arrays=initial, num_rounds=num_rounds, evaluate_fn=evaluate_fn
         )
+        # The final global model, for model-level defenses and inspection.
+        torch.save(to_state_dict(result.arrays or initial), run_dir / "model.pt")
     finally:
         writer.close()
         metrics = load_metrics(writer.path)

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedbackdoor.fl.arrays import Layout, LayoutMismatch, flatten_record, to_record, to_state_dict
+from fedbackdoor.models import ResNet18
+
+
+def test_state_dict_round_trips_through_flat_vector_and_array_record() -> None:
+    state = ResNet18(3, 10, (32, 32), width=4).state_dict()  # has int64 num_batches_tracked
+    layout = Layout.of(state)
+
+    flat = flatten_record(to_record(state), layout)
+    back = layout.unflatten(flat)
+
+    assert flat.shape == (layout.dim,) and flat.dtype == torch.float32
+    assert list(back) == list(state)
+    for key, value in state.items():
+        assert back[key].dtype == value.dtype and torch.equal(back[key], value)
+
+
+def test_layout_rejects_wrong_shape_and_missing_keys() -> None:
+    state = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
+    layout = Layout.of(state)
+
+    with pytest.raises(LayoutMismatch, match=r"w: shape \(3, 2\) != expected \(2, 3\)"):
+        layout.flatten({"w": torch.zeros(3, 2), "b": torch.zeros(3)})
+    with pytest.raises(LayoutMismatch, match="missing \\['b'\\]"):
+        layout.flatten({"w": torch.zeros(2, 3)})
+    with pytest.raises(LayoutMismatch, match="expected \\(9,\\)"):
+        layout.unflatten(torch.zeros(8))
+
+
+def test_array_record_to_state_dict_keeps_values() -> None:
+    state = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+
+    assert torch.equal(to_state_dict(to_record(state))["a"], state["a"])

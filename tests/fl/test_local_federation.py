@@ -1,0 +1,41 @@
+"""The same apps under Flower's own CLI (`flwr run`): Simulation and Deployment Runtimes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedbackdoor.cli import compose_config
+from fedbackdoor.fl.local_federation import run_local_federation
+from fedbackdoor.fl.simulation import run_simulation
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "dataset=synthetic",
+    "num_clients=4",
+    "clients_per_round=4",
+    "num_rounds=2",
+    "attack.fraction=0.25",
+]
+
+
+@pytest.fixture(scope="module")
+def python_launcher_metrics(
+    tmp_path_factory: pytest.TempPathFactory, data_cache: str
+) -> pd.DataFrame:
+    run_dir = tmp_path_factory.mktemp("launcher")
+    run_simulation(compose_config(TINY), run_dir)
+    return pd.read_csv(run_dir / "metrics.csv").drop(columns="seconds")
+
+
+@pytest.mark.parametrize("supernodes", [None, 2], ids=["simulation-runtime", "deployment-2-nodes"])
+def test_flwr_run_gives_the_same_rounds_as_the_python_launcher(
+    supernodes: int | None, tmp_path: Path, python_launcher_metrics: pd.DataFrame
+) -> None:
+    run_dir = run_local_federation(TINY, supernodes=supernodes, workdir=tmp_path, timeout=600)
+
+    metrics = pd.read_csv(run_dir / "metrics.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(metrics, python_launcher_metrics)

@@ -1,0 +1,131 @@
+"""End to end through Flower's Simulation Runtime on Ray (slow: each run starts Ray)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from fedbackdoor.cli import compose_config
+from fedbackdoor.experiment import build_data, build_model, build_partitions
+from fedbackdoor.fl.arrays import Layout
+from fedbackdoor.fl.simulation import run_simulation
+from fedbackdoor.training import train
+
+pytestmark = pytest.mark.slow
+
+# Two of every five sampled clients poison half their data and double their update.
+ATTACKED = [
+    "dataset=synthetic",
+    "num_clients=10",
+    "clients_per_round=5",
+    "num_rounds=10",
+    "attack=badnets",
+    "attack.fraction=0.2",
+    "attack.per_round=2",
+    "attack.boost=2",
+    "defense=fedavg",
+    "lr=0.02",
+    "local_epochs=3",
+]
+
+
+@pytest.fixture(scope="module")
+def attacked_run(tmp_path_factory: pytest.TempPathFactory, data_cache: str) -> Path:
+    run_dir = tmp_path_factory.mktemp("attacked")
+    run_simulation(compose_config(ATTACKED), run_dir)
+    return run_dir
+
+
+def test_two_clients_fedavg_equals_one_full_batch_step_on_the_union(
+    tmp_path: Path, data_cache: str
+) -> None:
+    cfg = compose_config(
+        [
+            "dataset=synthetic",
+            "num_clients=2",
+            "clients_per_round=2",
+            "num_rounds=1",
+            "attack=none",
+            "defense=fedavg",
+            "local_epochs=1",
+            "batch_size=100000",
+            "lr=0.5",
+            "partition=dirichlet",
+            "partition.alpha=1.0",  # unequal sizes: weighting matters
+        ]
+    )
+
+    run_simulation(cfg, tmp_path)
+
+    data = build_data(cfg)
+    sizes = [len(p) for p in build_partitions(cfg, data)]
+    assert sizes[0] != sizes[1]
+    central = build_model(cfg, data)
+    start = copy.deepcopy(central)
+    train(
+        central,
+        data.x_train,
+        data.y_train,
+        epochs=1,
+        batch_size=len(data.y_train),
+        lr=0.5,
+        generator=torch.Generator(),
+    )
+    federated = torch.load(tmp_path / "model.pt", weights_only=True)
+    layout = Layout.of(central.state_dict())
+    moved = layout.flatten(central.state_dict()) - layout.flatten(start.state_dict())
+    assert moved.abs().max() > 1e-3  # the step is not trivially zero
+    assert torch.allclose(
+        layout.flatten(federated), layout.flatten(central.state_dict()), atol=1e-5
+    )
+
+
+def test_attacked_run_plants_the_backdoor_under_fedavg(attacked_run: Path) -> None:
+    metrics = pd.read_csv(attacked_run / "metrics.csv")
+
+    assert metrics["round"].tolist() == list(range(11))  # round 0 is the initial model
+    assert (metrics["n_malicious"][1:] == 2).all() and (metrics["n_clients"][1:] == 5).all()
+    assert metrics["backdoor_acc"].iloc[0] < 0.1
+    assert metrics["backdoor_acc"].iloc[-1] > 0.9
+    assert metrics["main_acc"].iloc[-1] > 0.9
+    for name in ("config.yaml", "metrics.csv", "accuracy.png", "model.pt"):
+        assert (attacked_run / name).is_file()
+
+
+def test_same_config_and_seed_give_the_same_metrics(attacked_run: Path, tmp_path: Path) -> None:
+    run_simulation(compose_config(ATTACKED), tmp_path)
+
+    first = pd.read_csv(attacked_run / "metrics.csv").drop(columns="seconds")
+    again = pd.read_csv(tmp_path / "metrics.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(first, again)
+
+
+def test_median_resists_the_minority_attack(attacked_run: Path, tmp_path: Path) -> None:
+    # 2 of 5 malicious updates cannot move a coordinate-wise median (Yin et al. 2018).
+    run_simulation(compose_config([*ATTACKED, "defense=median"]), tmp_path)
+
+    fedavg = pd.read_csv(attacked_run / "metrics.csv")["backdoor_acc"].iloc[-1]
+    median = pd.read_csv(tmp_path / "metrics.csv")
+    assert median["backdoor_acc"].iloc[-1] < 0.2 < fedavg
+    assert median["main_acc"].iloc[-1] > 0.9
+
+
+def test_fashion_mnist_from_the_debian_package_trains(tmp_path: Path, data_cache: str) -> None:
+    cfg = compose_config(
+        [
+            "num_clients=30",
+            "clients_per_round=4",
+            "num_rounds=2",
+            "attack=none",
+        ]
+    )
+
+    run_simulation(cfg, tmp_path)
+
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert metrics["main_acc"].iloc[0] < 0.2  # an untrained 10-class model
+    assert metrics["main_acc"].iloc[-1] > 0.6

@@ -1,0 +1,195 @@
+"""DefenseStrategy on hand-made replies: decoding, attack, rejection, defense, reporting."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Error, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedbackdoor.attacks.updates import identity, scale
+from fedbackdoor.defenses.aggregators import krum, mean, median
+from fedbackdoor.defenses.pipeline import Defense
+from fedbackdoor.fl.arrays import to_record, to_state_dict
+from fedbackdoor.fl.strategy import DefenseStrategy
+from fedbackdoor.seeding import make_generator
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # Flower stamps messages with the running task's identity; tests have no task.
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    yield
+
+
+class FakeGrid:
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+GLOBAL = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.5])}
+
+
+def make_strategy(
+    defense: Defense,
+    *,
+    malicious: frozenset[int] = frozenset(),
+    attack=identity,
+    num_clients: int = 4,
+) -> DefenseStrategy:  # type: ignore[no-untyped-def]
+    return DefenseStrategy(
+        cfg_yaml="{}",
+        partitions=[np.arange(i * 10, i * 10 + 10) for i in range(num_clients)],
+        malicious_set=malicious,
+        clients_per_round=num_clients,
+        per_round=None,
+        update_attack=attack,
+        defense=defense,
+        server_lr=1.0,
+        sample_generator=make_generator(0, "sample"),
+        attack_generator=make_generator(0, "attack"),
+        defense_generator=make_generator(0, "defense"),
+    )
+
+
+def reply(msg: Message, state: dict[str, torch.Tensor], num_examples: int = 10) -> Message:
+    partition = int(msg.content.config_records["config"]["partition-id"])  # type: ignore[arg-type]
+    return Message(
+        content=RecordDict(
+            {
+                "arrays": to_record(state),
+                "config": ConfigRecord({"partition-id": partition, "num-examples": num_examples}),
+            }
+        ),
+        reply_to=msg,
+    )
+
+
+def shifted(delta: list[float]) -> dict[str, torch.Tensor]:
+    """GLOBAL plus a flat update ``delta`` (w gets the first two values, b the last)."""
+    return {"w": GLOBAL["w"] + torch.tensor(delta[:2]), "b": GLOBAL["b"] + delta[2]}
+
+
+def configure(strategy: DefenseStrategy, nodes: list[int]) -> list[Message]:
+    msgs = list(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), FakeGrid(nodes)))  # type: ignore[arg-type]
+    return sorted(msgs, key=lambda m: int(m.content.config_records["config"]["partition-id"]))  # type: ignore[arg-type]
+
+
+def test_messages_carry_partition_indices_and_malicious_flags_round_robin() -> None:
+    strategy = make_strategy(Defense(rule=mean), malicious=frozenset({2}))
+
+    msgs = configure(strategy, nodes=[11, 7])  # fewer nodes than clients: round-robin
+
+    configs = [m.content.config_records["config"] for m in msgs]
+    assert [c["partition-id"] for c in configs] == [0, 1, 2, 3]
+    assert [c["malicious"] for c in configs] == [False, False, True, False]
+    assert configs[1]["indices"] == list(range(10, 20))
+    assert [m.metadata.dst_node_id for m in msgs] == [7, 11, 7, 11]
+
+
+def test_fedavg_of_replies_weighted_by_examples_in_any_reply_order() -> None:
+    strategy = make_strategy(Defense(rule=mean), num_clients=3)
+    msgs = configure(strategy, nodes=[1, 2, 3])
+    deltas = [[1.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 6.0]]
+    replies = [reply(m, shifted(d), n) for m, d, n in zip(msgs, deltas, (10, 20, 30), strict=True)]
+
+    arrays, _ = strategy.aggregate_train(1, list(reversed(replies)))
+
+    # weighted mean of the deltas: (10*[1,0,0] + 20*[0,3,0] + 30*[0,0,6]) / 60 = [1/6, 1, 3]
+    assert arrays is not None
+    new = to_state_dict(arrays)
+    assert torch.allclose(new["w"], GLOBAL["w"] + torch.tensor([1 / 6, 1.0]))
+    assert torch.allclose(new["b"], GLOBAL["b"] + 3.0)
+    assert strategy.report is not None and strategy.report.n_clients == 3
+
+
+def test_invalid_updates_are_rejected_logged_and_the_round_goes_on() -> None:
+    strategy = make_strategy(Defense(rule=mean), num_clients=4)
+    msgs = configure(strategy, nodes=[1, 2, 3, 4])
+    replies = [
+        reply(msgs[0], shifted([1.0, 1.0, 1.0])),
+        reply(msgs[1], shifted([float("nan"), 0.0, 0.0])),  # non-finite
+        reply(msgs[2], {"w": torch.zeros(3), "b": torch.zeros(1)}),  # wrong shape
+        Message(Error(code=1, reason="client crashed"), reply_to=msgs[3]),
+    ]
+
+    arrays, _ = strategy.aggregate_train(1, replies)
+
+    report = strategy.report
+    assert report is not None and report.n_rejected == 3 and report.n_clients == 1
+    assert any("non-finite" in r or "nan" in r.lower() for r in report.rejected)
+    assert any("shape" in r for r in report.rejected)
+    assert any("client crashed" in r for r in report.rejected)
+    assert arrays is not None
+    assert torch.allclose(to_state_dict(arrays)["w"], GLOBAL["w"] + 1.0)
+
+
+def test_attack_scales_only_malicious_updates_before_the_defense() -> None:
+    strategy = make_strategy(
+        Defense(rule=mean),
+        malicious=frozenset({1}),
+        attack=partial(scale, boost=4.0),
+        num_clients=2,
+    )
+    msgs = configure(strategy, nodes=[1, 2])
+    replies = [reply(msgs[0], shifted([1.0, 0.0, 0.0])), reply(msgs[1], shifted([1.0, 0.0, 0.0]))]
+
+    arrays, _ = strategy.aggregate_train(1, replies)
+
+    # mean of [1,0,0] and 4*[1,0,0]
+    assert arrays is not None
+    assert torch.allclose(to_state_dict(arrays)["w"], GLOBAL["w"] + torch.tensor([2.5, 0.0]))
+    assert strategy.report is not None and strategy.report.n_malicious == 1
+
+
+def test_defense_flags_are_scored_against_the_malicious_ground_truth() -> None:
+    strategy = make_strategy(
+        Defense(rule=partial(krum, f=1, m=3)), malicious=frozenset({4}), num_clients=5
+    )
+    msgs = configure(strategy, nodes=[1, 2, 3, 4, 5])
+    deltas = [
+        [0.1, 0.0, 0.0],
+        [0.0, 0.1, 0.0],
+        [0.1, 0.1, 0.0],
+        [0.0, 0.0, 0.1],
+        [50.0, 50.0, 50.0],
+    ]
+    replies = [reply(m, shifted(d)) for m, d in zip(msgs, deltas, strict=True)]
+
+    strategy.aggregate_train(1, replies)
+
+    report = strategy.report
+    assert report is not None and report.detection is not None
+    assert (report.detection.tp, report.detection.fp) == (1, 1)  # Multi-Krum keeps 3 of 5
+    assert report.detection.tpr == 1.0 and report.detection.fpr == pytest.approx(0.25)
+
+
+def test_too_few_clients_for_the_rule_keeps_the_previous_model() -> None:
+    strategy = make_strategy(Defense(rule=partial(krum, f=1)), num_clients=3)  # needs n > 4
+    msgs = configure(strategy, nodes=[1, 2, 3])
+
+    arrays, _ = strategy.aggregate_train(1, [reply(m, shifted([1.0, 1.0, 1.0])) for m in msgs])
+
+    assert arrays is None
+    assert strategy.report is not None and "f=1" in (strategy.report.kept_previous or "")
+
+
+def test_median_reports_no_detection() -> None:
+    strategy = make_strategy(Defense(rule=median), num_clients=3)
+    msgs = configure(strategy, nodes=[1, 2, 3])
+
+    strategy.aggregate_train(1, [reply(m, shifted([1.0, 1.0, 1.0])) for m in msgs])
+
+    assert strategy.report is not None
+    assert strategy.report.detection is None and strategy.report.n_flagged is None
+    assert not math.isnan(float(strategy.report.n_clients))

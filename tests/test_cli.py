@@ -1,0 +1,90 @@
+"""The `fedbackdoor` command as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+TINY = ["dataset=synthetic", "num_clients=4", "clients_per_round=2", "num_rounds=2"]
+
+
+def fedbackdoor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedbackdoor", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_run_writes_its_directory_and_prints_it_last(tmp_path: Path, data_cache: str) -> None:
+    run_dir = tmp_path / "my-run"
+
+    result = fedbackdoor("run", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == str(run_dir.resolve())
+    assert sum(line.startswith("round ") for line in lines) == 3  # a progress line per round
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert {
+        "round",
+        "main_acc",
+        "main_loss",
+        "backdoor_acc",
+        "n_clients",
+        "n_malicious",
+        "seconds",
+    } <= set(metrics.columns)
+    assert metrics["main_acc"].between(0, 1).all() and metrics["backdoor_acc"].between(0, 1).all()
+    assert (run_dir / "config.yaml").read_text().count("num_clients: 4") == 1
+    assert (run_dir / "accuracy.png").is_file()
+
+
+@pytest.mark.slow
+def test_multirun_sweeps_and_prints_the_sweep_dir(tmp_path: Path, data_cache: str) -> None:
+    sweep = tmp_path / "sweep"
+
+    result = fedbackdoor(
+        "run",
+        "-m",
+        *TINY,
+        "num_rounds=1",
+        "defense=fedavg,median",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == str(sweep.resolve())
+    assert sorted(p.parent.name for p in sweep.glob("*/metrics.csv")) == ["0", "1"]
+
+
+def test_invalid_value_stops_with_one_line_naming_the_key(tmp_path: Path) -> None:
+    result = fedbackdoor("run", "attack.fraction=1.5", cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "attack.fraction=1.5" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.csv"))
+
+
+def test_unknown_option_is_named(tmp_path: Path) -> None:
+    result = fedbackdoor("run", "defense=bogus", cwd=tmp_path)
+
+    assert result.returncode != 0
+    assert "defense" in result.stderr and "bogus" in result.stderr
+
+
+def test_help_and_unknown_command() -> None:
+    assert "fedbackdoor run" in fedbackdoor("--help", cwd=Path.cwd()).stdout
+    bad = fedbackdoor("frobnicate", cwd=Path.cwd())
+    assert bad.returncode == 2 and "unknown command" in bad.stderr

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedbackdoor.sampling import choose_malicious, sample_round
+from fedbackdoor.seeding import make_generator
+
+
+def test_choose_malicious_draws_round_fraction_distinct_clients() -> None:
+    chosen = choose_malicious(20, 0.1, generator=make_generator(0, "m"))
+
+    assert len(chosen) == 2
+    assert all(0 <= c < 20 for c in chosen)
+
+
+@pytest.mark.parametrize(("fraction", "expected"), [(0.0, 0), (0.04, 0), (0.05, 1), (1.0, 10)])
+def test_choose_malicious_rounds_the_count(fraction: float, expected: int) -> None:
+    assert len(choose_malicious(10, fraction, generator=make_generator(1))) == expected
+
+
+def test_choose_malicious_rejects_fraction_outside_unit_interval() -> None:
+    with pytest.raises(ValueError, match="attack.fraction=1.5"):
+        choose_malicious(10, 1.5, generator=torch.Generator())
+
+
+def test_same_seed_same_rounds_and_different_seed_different_rounds() -> None:
+    def rounds(seed: int) -> list[tuple[int, ...]]:
+        gen = make_generator(seed, "sample")
+        return [
+            sample_round(50, 10, frozenset({1, 2}), per_round=None, generator=gen).partitions
+            for _ in range(5)
+        ]
+
+    assert rounds(3) == rounds(3)
+    assert rounds(3) != rounds(4)
+
+
+def test_fixed_set_marks_exactly_the_sampled_malicious_clients() -> None:
+    malicious = frozenset({0, 5, 7})
+    gen = make_generator(0)
+    for _ in range(20):
+        sample = sample_round(10, 6, malicious, per_round=None, generator=gen)
+
+        assert list(sample.partitions) == sorted(set(sample.partitions))
+        assert len(sample.partitions) == 6
+        assert sample.malicious == tuple(p in malicious for p in sample.partitions)
+
+
+def test_per_round_puts_exactly_m_malicious_clients_in_every_sample() -> None:
+    malicious = frozenset({2, 3, 9})
+    gen = make_generator(0)
+    seen = set()
+    for _ in range(30):
+        sample = sample_round(20, 5, malicious, per_round=2, generator=gen)
+
+        assert sample.num_malicious == 2
+        seen |= {p for p, m in zip(sample.partitions, sample.malicious, strict=True) if m}
+    assert seen == malicious  # every attacker gets its turn
+
+
+@pytest.mark.parametrize(
+    ("per_round", "clients_per_round", "message"),
+    [(4, 5, "attack.per_round=4"), (3, 2, "attack.per_round=3")],
+)
+def test_per_round_beyond_what_exists_is_rejected(
+    per_round: int, clients_per_round: int, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        sample_round(
+            10,
+            clients_per_round,
+            frozenset({1, 2, 3}),
+            per_round=per_round,
+            generator=torch.Generator(),
+        )
+
+
+def test_clients_per_round_above_population_is_rejected() -> None:
+    with pytest.raises(ValueError, match="clients_per_round=11"):
+        sample_round(10, 11, frozenset(), per_round=None, generator=torch.Generator())
