@@ -72,7 +72,7 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}; see {log}")
+            raise RuntimeError(f"the SuperLink exited with {proc.returncode}; see {log}")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
