@@ -22,6 +22,7 @@ from fedbackdoor.attacks.poison import poison_dataset
 from fedbackdoor.attacks.triggers import Trigger
 from fedbackdoor.data.datasets import ImageData, get_dataset
 from fedbackdoor.defenses.pipeline import Defense, build_defense
+from fedbackdoor.metrics import Evaluator
 from fedbackdoor.models import resolve_device
 from fedbackdoor.seeding import make_generator, seeded_init
 from fedbackdoor.training import TrainResult, train
@@ -60,6 +61,18 @@ def build_trigger(cfg: DictConfig) -> Trigger:
     """The trigger shared by attackers and the server's backdoor test."""
     trigger: Trigger = instantiate(cfg.attack.trigger)
     return trigger
+
+
+def build_evaluator(cfg: DictConfig, data: ImageData) -> Evaluator:
+    """The server's per-round evaluation: clean test set and its triggered copy."""
+    return Evaluator.build(
+        data.x_test,
+        data.y_test,
+        trigger=build_trigger(cfg),
+        target_label=int(cfg.attack.target_label),
+        batch_size=int(cfg.eval_batch_size),
+        device=resolve_device(str(cfg.device)),
+    )
 
 
 def build_defense_pipeline(cfg: DictConfig) -> Defense:

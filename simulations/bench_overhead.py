@@ -36,13 +36,12 @@ from fedbackdoor.experiment import (
     ClientSpec,
     build_data,
     build_defense_pipeline,
+    build_evaluator,
     build_model,
     build_partitions,
-    build_trigger,
     client_update,
 )
 from fedbackdoor.fl.arrays import Layout
-from fedbackdoor.metrics import Evaluator
 from fedbackdoor.sampling import choose_malicious, sample_round
 from fedbackdoor.seeding import make_generator
 
@@ -65,13 +64,7 @@ def ideal_rounds(cfg, workers: int) -> list[float]:  # type: ignore[no-untyped-d
     data = build_data(cfg)
     model = build_model(cfg, data)
     partitions = build_partitions(cfg, data)
-    evaluator = Evaluator.build(
-        data.x_test,
-        data.y_test,
-        trigger=build_trigger(cfg),
-        target_label=int(cfg.attack.target_label),
-        batch_size=int(cfg.eval_batch_size),
-    )
+    evaluator = build_evaluator(cfg, data)
     defense = build_defense_pipeline(cfg)
     seed = int(cfg.seed)
     malicious = choose_malicious(

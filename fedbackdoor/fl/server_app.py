@@ -31,15 +31,13 @@ from fedbackdoor.config import validate
 from fedbackdoor.experiment import (
     build_data,
     build_defense_pipeline,
+    build_evaluator,
     build_model,
     build_partitions,
-    build_trigger,
     build_update_attack,
 )
 from fedbackdoor.fl.arrays import to_record, to_state_dict
 from fedbackdoor.fl.strategy import DefenseStrategy, RoundReport, wait_for_nodes
-from fedbackdoor.metrics import Evaluator
-from fedbackdoor.models import resolve_device
 from fedbackdoor.plots import plot_run
 from fedbackdoor.results import MetricsWriter, load_metrics
 from fedbackdoor.sampling import choose_malicious
@@ -95,6 +93,20 @@ class WarmUp:
             raise RuntimeError(f"no client could start; the first said: {errors[0]}")
 
 
+def describe(cfg: DictConfig) -> str:
+    """A one-line summary of a run for figure titles."""
+
+    def name(node: DictConfig) -> str:
+        return str(node._target_).rsplit(".", 1)[-1]
+
+    steps = [name(t) for t in cfg.defense.get("pre") or []]
+    steps += [name(cfg.defense.rule)] + [name(t) for t in cfg.defense.get("post") or []]
+    attack = "no attack"
+    if cfg.attack.fraction > 0:
+        attack = f"{cfg.attack.fraction:.0%} malicious, boost {cfg.attack.get('boost', 1)}"
+    return f"{cfg.dataset.name}, {cfg.num_clients} clients: {attack}; defense {'+'.join(steps)}"
+
+
 def run_server(grid: Grid, cfg: DictConfig, run_dir: Path) -> Path:
     """Run all rounds of the experiment ``cfg`` on ``grid``; write results to ``run_dir``.
 
@@ -112,14 +124,7 @@ def run_server(grid: Grid, cfg: DictConfig, run_dir: Path) -> Path:
 
     data = build_data(cfg)
     model = build_model(cfg, data)
-    evaluator = Evaluator.build(
-        data.x_test,
-        data.y_test,
-        trigger=build_trigger(cfg),
-        target_label=int(cfg.attack.target_label),
-        batch_size=int(cfg.eval_batch_size),
-        device=resolve_device(str(cfg.device)),
-    )
+    evaluator = build_evaluator(cfg, data)
     strategy = DefenseStrategy(
         cfg_yaml=cfg_yaml,
         partitions=build_partitions(cfg, data),
@@ -177,7 +182,7 @@ def run_server(grid: Grid, cfg: DictConfig, run_dir: Path) -> Path:
         writer.close()
         metrics = load_metrics(writer.path)
         if len(metrics):
-            plot_run(metrics, run_dir / "accuracy.png", title=run_dir.name)
+            plot_run(metrics, run_dir / "accuracy.png", title=describe(cfg))
     return writer.path
 
 
