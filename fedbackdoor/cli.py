@@ -52,7 +52,11 @@ def _run_job(cfg: DictConfig) -> None:
         raise SystemExit(2) from None
     from fedbackdoor.fl.simulation import run_simulation  # flwr, Ray: only for a valid config
 
-    run_simulation(cfg, run_dir)
+    try:
+        run_simulation(cfg, run_dir)
+    except FileNotFoundError as exc:  # a dataset that is nowhere: say where we looked
+        print(f"fedbackdoor: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     if HydraConfig.get().mode == RunMode.RUN:
         print(run_dir.resolve(), flush=True)
     else:

@@ -116,13 +116,13 @@ def run_server(grid: Grid, cfg: DictConfig, run_dir: Path) -> Path:
     """
     validate(cfg)
     cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    min_nodes = int(cfg.backend.get("min_nodes") or 1)
-    warm_up = WarmUp(grid, cfg_yaml, int(cfg.clients_per_round), min_nodes)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg_yaml)
     seed = int(cfg.seed)
-
+    # Data first: a dataset that cannot be found fails here, once, before any client tries.
     data = build_data(cfg)
+    min_nodes = int(cfg.backend.get("min_nodes") or 1)
+    warm_up = WarmUp(grid, cfg_yaml, int(cfg.clients_per_round), min_nodes)
     model = build_model(cfg, data)
     evaluator = build_evaluator(cfg, data)
     strategy = DefenseStrategy(
