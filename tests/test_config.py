@@ -27,7 +27,16 @@ def test_default_config_composes_and_is_valid() -> None:
             "dataset": ["fashion_mnist", "mnist", "cifar10", "synthetic"],
             "model": ["cnn", "resnet18"],
             "partition": ["iid", "dirichlet"],
-            "attack": ["none", "badnets"],
+            "attack": [
+                "none",
+                "badnets",
+                "sign_flip",
+                "gaussian",
+                "alie",
+                "ipm",
+                "minmax",
+                "minsum",
+            ],
             "defense": ["fedavg", "clip", "dp", "median", "trimmed_mean", "krum"],
         }.items()
         for o in opts
