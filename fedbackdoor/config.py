@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from fedbackdoor.sampling import malicious_count
+from fedbackdoor.sampling import AttackSchedule, malicious_count
 
 
 class ConfigError(ValueError):
@@ -99,8 +99,24 @@ def validate(cfg: DictConfig) -> None:
     )
     boost = attack.get("boost", 1.0)
     _require(
-        isinstance(boost, int | float) and boost > 0, f"attack.boost={boost!r} must be a number > 0"
+        boost == "auto" or (isinstance(boost, int | float) and boost > 0),
+        f"attack.boost={boost!r} must be a number > 0 or auto",
     )
+    for key in ("start_round", "every"):
+        value = attack.get(key, 1)
+        _require(
+            isinstance(value, int) and not isinstance(value, bool),
+            f"attack.{key}={value!r} must be an integer",
+        )
+    end_round = attack.get("end_round")
+    _require(
+        end_round is None or (isinstance(end_round, int) and not isinstance(end_round, bool)),
+        f"attack.end_round={end_round!r} must be null or an integer",
+    )
+    try:
+        AttackSchedule(attack.get("start_round", 1), end_round, attack.get("every", 1))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
     resources = cfg.backend.client_resources
     _require(

@@ -24,6 +24,7 @@ from fedbackdoor.data.datasets import ImageData, get_dataset
 from fedbackdoor.defenses.pipeline import Defense, build_defense
 from fedbackdoor.metrics import Evaluator
 from fedbackdoor.models import resolve_device
+from fedbackdoor.sampling import AttackSchedule
 from fedbackdoor.seeding import make_generator, seeded_init
 from fedbackdoor.training import TrainResult, train
 
@@ -77,6 +78,15 @@ def build_evaluator(cfg: DictConfig, data: ImageData) -> Evaluator:
 
 def build_defense_pipeline(cfg: DictConfig) -> Defense:
     return build_defense(cfg.defense)
+
+
+def build_schedule(cfg: DictConfig) -> AttackSchedule:
+    """When the malicious clients attack (``attack.start_round``, ``end_round``, ``every``)."""
+    return AttackSchedule(
+        start_round=int(cfg.attack.get("start_round", 1)),
+        end_round=cfg.attack.get("end_round"),
+        every=int(cfg.attack.get("every", 1)),
+    )
 
 
 def build_update_attack(cfg: DictConfig) -> Any:

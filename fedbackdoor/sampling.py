@@ -32,6 +32,40 @@ class RoundSample:
         return sum(self.malicious)
 
 
+@dataclass(frozen=True)
+class AttackSchedule:
+    """The rounds in which the malicious clients attack; in the others they train honestly.
+
+    ``start_round <= round <= end_round`` (``end_round=None``: to the end) and every ``every``-th
+    round from ``start_round``. ``start_round == end_round`` is a single-shot attack, as in the
+    durability studies of Bagdasaryan et al. 2020 (does the backdoor survive once the attack
+    stops?).
+    """
+
+    start_round: int = 1
+    end_round: int | None = None
+    every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.start_round < 1:
+            raise ValueError(f"attack.start_round={self.start_round} must be >= 1")
+        if self.end_round is not None and self.end_round < self.start_round:
+            raise ValueError(
+                f"attack.end_round={self.end_round} must be >= attack.start_round="
+                f"{self.start_round} (or null)"
+            )
+        if self.every < 1:
+            raise ValueError(f"attack.every={self.every} must be >= 1")
+
+    def active(self, server_round: int) -> bool:
+        """Whether the attack runs in ``server_round``."""
+        if server_round < self.start_round:
+            return False
+        if self.end_round is not None and server_round > self.end_round:
+            return False
+        return (server_round - self.start_round) % self.every == 0
+
+
 def malicious_count(num_clients: int, fraction: float) -> int:
     """``fraction * num_clients`` rounded half up (0.5 client -> 1; Python's ``round`` would
     give 0 for 0.5 but 2 for 1.5)."""

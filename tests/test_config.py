@@ -57,6 +57,10 @@ def test_every_documented_option_composes_and_validates(group_option: str) -> No
         ("attack.poison_ratio=2", "attack.poison_ratio=2"),
         ("attack.target_label=10", "attack.target_label=10"),
         ("attack.boost=0", "attack.boost=0"),
+        ("attack.boost=big", "attack.boost='big'"),
+        ("attack.end_round=0", "attack.end_round=0"),
+        ("attack.every=0", "attack.every=0"),
+        ("attack.start_round=1.5", "attack.start_round=1.5"),
         ("clients_per_round=30", "clients_per_round=30"),
         ("num_rounds=0", "num_rounds=0"),
         ("batch_size=-4", "batch_size=-4"),
@@ -87,3 +91,10 @@ def test_more_malicious_per_round_than_attackers_or_slots_is_rejected() -> None:
 def test_unknown_group_option_names_the_group() -> None:
     with pytest.raises(ConfigCompositionException, match="defense"):
         compose_config(["defense=nonexistent"])
+
+
+def test_boost_auto_is_clients_per_round_over_server_lr() -> None:
+    cfg = compose_config(["attack.boost=auto", "clients_per_round=8", "server_lr=0.5"])
+
+    validate(cfg)
+    assert OmegaConf.to_container(cfg.attack["update"], resolve=True)["boost"] == 16.0  # type: ignore[index]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedbackdoor.sampling import choose_malicious, sample_round
+from fedbackdoor.sampling import AttackSchedule, choose_malicious, sample_round
 from fedbackdoor.seeding import make_generator
 
 
@@ -79,3 +79,35 @@ def test_per_round_beyond_what_exists_is_rejected(
 def test_clients_per_round_above_population_is_rejected() -> None:
     with pytest.raises(ValueError, match="clients_per_round=11"):
         sample_round(10, 11, frozenset(), per_round=None, generator=torch.Generator())
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "every", "expected"),
+    [
+        (1, None, 1, [1, 2, 3, 4, 5, 6, 7, 8]),
+        (3, 3, 1, [3]),  # single shot
+        (2, 6, 2, [2, 4, 6]),
+        (5, None, 3, [5, 8]),
+    ],
+)
+def test_attack_schedule_rounds(
+    start: int, end: int | None, every: int, expected: list[int]
+) -> None:
+    schedule = AttackSchedule(start, end, every)
+
+    assert [r for r in range(1, 9) if schedule.active(r)] == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((0, None, 1), "attack.start_round=0"),
+        ((4, 3, 1), "attack.end_round=3"),
+        ((1, None, 0), "attack.every=0"),
+    ],
+)
+def test_attack_schedule_rejects_bad_settings(
+    args: tuple[int, int | None, int], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        AttackSchedule(*args)

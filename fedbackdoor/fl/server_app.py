@@ -34,6 +34,7 @@ from fedbackdoor.experiment import (
     build_evaluator,
     build_model,
     build_partitions,
+    build_schedule,
     build_update_attack,
 )
 from fedbackdoor.fl.arrays import to_record, to_state_dict
@@ -142,6 +143,7 @@ def run_server(grid: Grid, cfg: DictConfig, run_dir: Path) -> Path:
         attack_generator=make_generator(seed, "attack"),
         defense_generator=make_generator(seed, "defense"),
         min_nodes=min_nodes,
+        schedule=build_schedule(cfg),
     )
     writer = MetricsWriter(run_dir / "metrics.csv")
     num_rounds = int(cfg.num_rounds)

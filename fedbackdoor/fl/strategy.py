@@ -32,7 +32,7 @@ from fedbackdoor.defenses.aggregators import Aggregate, NotEnoughClients
 from fedbackdoor.defenses.pipeline import Defense, validate_updates
 from fedbackdoor.fl.arrays import Layout, LayoutMismatch, flatten_record, to_record, to_state_dict
 from fedbackdoor.metrics import Detection, detection
-from fedbackdoor.sampling import RoundSample, sample_round
+from fedbackdoor.sampling import AttackSchedule, RoundSample, sample_round
 
 UpdateAttack = Callable[..., Tensor]
 
@@ -77,6 +77,9 @@ class DefenseStrategy(Strategy):
         The run's random streams.
     min_nodes : int
         Nodes to wait for before a round (SuperNodes joining a deployment).
+    schedule : AttackSchedule, optional
+        The rounds in which malicious clients attack (default: every round). In the others
+        the sample is drawn uniformly and every client trains honestly.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class DefenseStrategy(Strategy):
         attack_generator: torch.Generator,
         defense_generator: torch.Generator,
         min_nodes: int = 1,
+        schedule: AttackSchedule | None = None,
     ) -> None:
         self.cfg_yaml = cfg_yaml
         self.partitions = partitions
@@ -107,6 +111,7 @@ class DefenseStrategy(Strategy):
         self.attack_generator = attack_generator
         self.defense_generator = defense_generator
         self.min_nodes = min_nodes
+        self.schedule = schedule or AttackSchedule()
         self.report: RoundReport | None = None
         self._global: Tensor | None = None
         self._layout: Layout | None = None
@@ -128,11 +133,12 @@ class DefenseStrategy(Strategy):
         state = to_state_dict(arrays)
         self._layout = Layout.of(state)
         self._global = self._layout.flatten(state)
+        attacking = self.schedule.active(server_round)
         sample = sample_round(
             len(self.partitions),
             self.clients_per_round,
-            self.malicious_set,
-            per_round=self.per_round,
+            self.malicious_set if attacking else frozenset(),
+            per_round=self.per_round if attacking else None,
             generator=self.sample_generator,
         )
         self.report = RoundReport(round=server_round, sample=sample)

@@ -543,6 +543,8 @@ def _compose(path: Path) -> DictConfig:
         {
             "seed": 0,
             "num_clients": 10,
+            "clients_per_round": 5,
+            "server_lr": 1.0,
             "dataset": {"image_size": [28, 28], "num_classes": 10},
             "attack": OmegaConf.load(path),
         }

@@ -17,6 +17,7 @@ from fedbackdoor.defenses.aggregators import krum, mean, median
 from fedbackdoor.defenses.pipeline import Defense
 from fedbackdoor.fl.arrays import to_record, to_state_dict
 from fedbackdoor.fl.strategy import DefenseStrategy
+from fedbackdoor.sampling import AttackSchedule
 from fedbackdoor.seeding import make_generator
 
 
@@ -46,6 +47,7 @@ def make_strategy(
     malicious: frozenset[int] = frozenset(),
     attack=identity,
     num_clients: int = 4,
+    schedule: AttackSchedule | None = None,
 ) -> DefenseStrategy:  # type: ignore[no-untyped-def]
     return DefenseStrategy(
         cfg_yaml="{}",
@@ -59,6 +61,7 @@ def make_strategy(
         sample_generator=make_generator(0, "sample"),
         attack_generator=make_generator(0, "attack"),
         defense_generator=make_generator(0, "defense"),
+        schedule=schedule,
     )
 
 
@@ -193,3 +196,20 @@ def test_median_reports_no_detection() -> None:
     assert strategy.report is not None
     assert strategy.report.detection is None and strategy.report.n_flagged is None
     assert not math.isnan(float(strategy.report.n_clients))
+
+
+def test_outside_the_attack_schedule_every_client_trains_honestly() -> None:
+    strategy = make_strategy(
+        Defense(rule=mean),
+        malicious=frozenset({0, 1, 2, 3}),
+        schedule=AttackSchedule(start_round=2, end_round=2),
+    )
+    grid = FakeGrid([1, 2, 3, 4])
+
+    def flags(server_round: int) -> list[bool]:
+        msgs = strategy.configure_train(server_round, to_record(GLOBAL), ConfigRecord(), grid)  # type: ignore[arg-type]
+        return [bool(m.content.config_records["config"]["malicious"]) for m in msgs]
+
+    assert flags(1) == [False] * 4
+    assert flags(2) == [True] * 4
+    assert flags(3) == [False] * 4
