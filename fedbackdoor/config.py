@@ -97,6 +97,11 @@ def validate(cfg: DictConfig) -> None:
         isinstance(target, int) and 0 <= target < classes,
         f"attack.target_label={target!r} must be an integer in [0, {classes - 1}]",
     )
+    source = attack.get("source_label")
+    _require(
+        source is None or (isinstance(source, int) and 0 <= source < classes),
+        f"attack.source_label={source!r} must be null or an integer in [0, {classes - 1}]",
+    )
     boost = attack.get("boost", 1.0)
     _require(
         boost == "auto" or (isinstance(boost, int | float) and boost > 0),

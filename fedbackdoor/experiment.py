@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -18,8 +18,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from fedbackdoor.attacks.poison import poison_dataset
-from fedbackdoor.attacks.triggers import Trigger
 from fedbackdoor.data.datasets import ImageData, get_dataset
 from fedbackdoor.defenses.pipeline import Defense, build_defense
 from fedbackdoor.metrics import Evaluator
@@ -27,6 +25,14 @@ from fedbackdoor.models import resolve_device
 from fedbackdoor.sampling import AttackSchedule
 from fedbackdoor.seeding import make_generator, seeded_init
 from fedbackdoor.training import TrainResult, train
+
+
+class Poison(Protocol):
+    """The signature of every ``attack.poison`` function (:mod:`fedbackdoor.attacks.poison`)."""
+
+    def __call__(
+        self, x: Tensor, y: Tensor, *, generator: torch.Generator, attacker_index: int
+    ) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
 def build_data(cfg: DictConfig) -> ImageData:
@@ -58,19 +64,25 @@ def build_model(cfg: DictConfig, data: ImageData) -> nn.Module:
     return model
 
 
-def build_trigger(cfg: DictConfig) -> Trigger:
-    """The trigger shared by attackers and the server's backdoor test."""
-    trigger: Trigger = instantiate(cfg.attack.trigger)
-    return trigger
+def build_poison(cfg: DictConfig) -> Poison | None:
+    """A malicious client's data poisoning ``(x, y, *, generator, attacker_index) -> (x', y',
+    poisoned)``, or ``None`` for attacks that only poison updates."""
+    if cfg.attack.get("poison") is None:
+        return None
+    poison: Poison = instantiate(cfg.attack.poison)
+    return poison
 
 
 def build_evaluator(cfg: DictConfig, data: ImageData) -> Evaluator:
-    """The server's per-round evaluation: clean test set and its triggered copy."""
-    return Evaluator.build(
+    """The server's per-round evaluation: the clean test set and the attack's backdoor test
+    (``attack.backdoor_test``: triggered non-target inputs for trigger attacks, the source class
+    for label flipping, the held-out edge cases for edge-case attacks)."""
+    x_backdoor, y_backdoor = instantiate(cfg.attack.backdoor_test)(data.x_test, data.y_test)
+    return Evaluator(
         data.x_test,
         data.y_test,
-        trigger=build_trigger(cfg),
-        target_label=int(cfg.attack.target_label),
+        x_backdoor,
+        y_backdoor,
         batch_size=int(cfg.eval_batch_size),
         device=resolve_device(str(cfg.device)),
     )
@@ -102,20 +114,20 @@ class ClientSpec:
     partition: int
     malicious: bool
     indices: np.ndarray
+    attacker_index: int = 0  # rank among the malicious clients (DBA's trigger part)
 
 
 @functools.lru_cache(maxsize=4)
-def _client_world(cfg_yaml: str) -> tuple[DictConfig, ImageData, nn.Module, Trigger | None]:
+def _client_world(cfg_yaml: str) -> tuple[DictConfig, ImageData, nn.Module, Poison | None]:
     """Per-process cache keyed by the run config: data loaded and model built once."""
     cfg = OmegaConf.create(cfg_yaml)
     assert isinstance(cfg, DictConfig)
     data = build_data(cfg)
     model = build_model(cfg, data)
-    trigger = build_trigger(cfg) if cfg.attack.data_poisoning else None
-    return cfg, data, model, trigger
+    return cfg, data, model, build_poison(cfg)
 
 
-def prepare_client(cfg_yaml: str) -> tuple[DictConfig, ImageData, nn.Module, Trigger | None]:
+def prepare_client(cfg_yaml: str) -> tuple[DictConfig, ImageData, nn.Module, Poison | None]:
     """Load (once per process) what a client of this run needs, and set its thread count.
 
     A client computes with the cores it was given (``backend.client_resources.num_cpus``):
@@ -133,24 +145,22 @@ def client_update(
 ) -> tuple[dict[str, Tensor], TrainResult]:
     """One client's local training from the global weights; returns its new weights.
 
-    A malicious client with data poisoning first stamps the trigger on ``attack.poison_ratio``
-    of its samples and relabels them to ``attack.target_label`` (BadNets; Gu et al. 2017). The
+    A malicious client first poisons its data with ``attack.poison`` (e.g. BadNets: the trigger
+    on ``attack.poison_ratio`` of its samples, relabelled to ``attack.target_label``). The
     poisoned subset depends only on the seed and the partition, so it is the same every round.
     Model poisoning (scaling, ...) is applied to the stacked updates where the round's
     updates are gathered: see :mod:`fedbackdoor.attacks.updates`.
     """
-    cfg, data, model, trigger = prepare_client(cfg_yaml)
+    cfg, data, model, poison = prepare_client(cfg_yaml)
     device = resolve_device(str(cfg.device))
     idx = torch.as_tensor(spec.indices, dtype=torch.long)
     x, y = data.x_train[idx], data.y_train[idx]
-    if spec.malicious and trigger is not None:
-        x, y, _ = poison_dataset(
+    if spec.malicious and poison is not None:
+        x, y, _ = poison(
             x,
             y,
-            trigger=trigger,
-            poison_ratio=float(cfg.attack.poison_ratio),
-            target_label=int(cfg.attack.target_label),
             generator=make_generator(int(cfg.seed), "poison", spec.partition),
+            attacker_index=spec.attacker_index,
         )
     model.load_state_dict(global_state)
     result = train(

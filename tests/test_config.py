@@ -58,6 +58,7 @@ def test_every_documented_option_composes_and_validates(group_option: str) -> No
         ("attack.target_label=10", "attack.target_label=10"),
         ("attack.boost=0", "attack.boost=0"),
         ("attack.boost=big", "attack.boost='big'"),
+        ("attack=label_flip attack.source_label=12", "attack.source_label=12"),
         ("attack.end_round=0", "attack.end_round=0"),
         ("attack.every=0", "attack.every=0"),
         ("attack.start_round=1.5", "attack.start_round=1.5"),
@@ -70,7 +71,7 @@ def test_every_documented_option_composes_and_validates(group_option: str) -> No
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(override: str, key: str) -> None:
-    cfg = compose_config([override])
+    cfg = compose_config(override.split())
 
     with pytest.raises(ConfigError) as info:
         validate(cfg)

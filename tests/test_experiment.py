@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from fedbackdoor.cli import compose_config
@@ -12,7 +13,6 @@ from fedbackdoor.experiment import (
     build_data,
     build_model,
     build_partitions,
-    build_trigger,
     client_update,
 )
 
@@ -56,7 +56,7 @@ def test_a_malicious_client_learns_the_trigger_and_a_benign_one_does_not() -> No
     model = build_model(cfg, data)
     indices = build_partitions(cfg, data)[0]
     target = int(cfg.attack.target_label)
-    stamped = build_trigger(cfg).apply(data.x_test[data.y_test != target])
+    stamped = instantiate(cfg.attack.trigger).apply(data.x_test[data.y_test != target])
 
     def share_of_target(state: dict[str, torch.Tensor]) -> float:
         model.load_state_dict(state)

@@ -1,12 +1,22 @@
-"""Data poisoning: a malicious client's backdoored training set and the server's backdoor test.
+"""Data poisoning: a malicious client's poisoned training set and the server's backdoor test.
 
-Both functions stamp the same :class:`~fedbackdoor.attacks.triggers.Trigger`, so what the attacker
-trains on and what the server measures can never drift apart.
+Poisoning functions share one signature, ``(x, y, *, generator, attacker_index) -> (x', y',
+poisoned)``, so the client applies whichever the config names (``attack.poison``); backdoor
+tests are ``(x_test, y_test) -> (x_bd, y_bd)`` (``attack.backdoor_test``), and backdoor accuracy
+is the model's accuracy on ``(x_bd, y_bd)``. Trigger attacks stamp the same
+:class:`~fedbackdoor.attacks.triggers.Trigger` in both, so what the attacker trains on and what
+the server measures can never drift apart.
 
 References
 ----------
 .. [1] T. Gu, B. Dolan-Gavitt and S. Garg, "BadNets: Identifying Vulnerabilities in the Machine
    Learning Model Supply Chain", arXiv:1708.06733, 2017.
+.. [2] C. Xie, K. Huang, P.-Y. Chen and B. Li, "DBA: Distributed Backdoor Attacks against
+   Federated Learning", ICLR 2020.
+.. [3] V. Tolpegin, S. Truex, M. E. Gursoy and L. Liu, "Data Poisoning Attacks Against Federated
+   Learning Systems", ESORICS 2020 (label flipping).
+.. [4] H. Wang et al., "Attack of the Tails: Yes, You Really Can Backdoor Federated Learning",
+   NeurIPS 2020 (edge-case backdoors).
 """
 
 from __future__ import annotations
@@ -17,9 +27,18 @@ from typing import SupportsIndex
 import torch
 from torch import Tensor
 
-from fedbackdoor.attacks.triggers import Trigger
+from fedbackdoor.attacks.triggers import Trigger, split
 
-__all__ = ["backdoor_testset", "poison_dataset"]
+__all__ = [
+    "backdoor_testset",
+    "dba_poison",
+    "edge_case_mask",
+    "edge_case_poison",
+    "edge_case_testset",
+    "label_flip",
+    "poison_dataset",
+    "relabel_testset",
+]
 
 
 def poison_dataset(
@@ -30,6 +49,7 @@ def poison_dataset(
     poison_ratio: float,
     target_label: int,
     generator: torch.Generator,
+    attacker_index: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Stamp a trigger on a random fraction of a dataset and relabel it, as in BadNets [1]_.
 
@@ -52,6 +72,8 @@ def poison_dataset(
         Label given to every poisoned sample.
     generator : torch.Generator
         Source of the random choice; the same seed chooses the same samples.
+    attacker_index : int
+        Unused (every attacker stamps the whole trigger); part of the common signature.
 
     Returns
     -------
@@ -146,3 +168,137 @@ def _check_target_label(target_label: object) -> int:
     if label < 0:
         raise ValueError(f"target_label must be non-negative, got {label}")
     return label
+
+
+def _choose(candidates: Tensor, ratio: float, generator: torch.Generator) -> Tensor:
+    """``round(ratio * len(candidates))`` of the candidate indices, drawn without replacement."""
+    if not isinstance(ratio, int | float) or not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"poison_ratio must lie in [0, 1], got {ratio!r}")
+    order = torch.randperm(len(candidates), generator=generator, device=generator.device)
+    return candidates[order[: round(ratio * len(candidates))].to(candidates.device)]
+
+
+def dba_poison(
+    x: Tensor,
+    y: Tensor,
+    *,
+    trigger: Trigger,
+    num_parts: int,
+    poison_ratio: float,
+    target_label: int,
+    generator: torch.Generator,
+    attacker_index: int = 0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Distributed backdoor attack [2]_: attacker ``i`` stamps only part ``i mod num_parts`` of
+    the global trigger (:func:`~fedbackdoor.attacks.triggers.split`); the server tests the whole.
+    """
+    part = split(trigger, num_parts)[attacker_index % num_parts]
+    return poison_dataset(
+        x,
+        y,
+        trigger=part,
+        poison_ratio=poison_ratio,
+        target_label=target_label,
+        generator=generator,
+    )
+
+
+def label_flip(
+    x: Tensor,
+    y: Tensor,
+    *,
+    mode: str,
+    num_classes: int,
+    generator: torch.Generator,
+    target_label: int = 0,
+    source_label: int | None = None,
+    poison_ratio: float = 1.0,
+    attacker_index: int = 0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Label flipping [3]_; images are left as they are.
+
+    ``mode``:
+
+    * ``"all_to_one"``: ``poison_ratio`` of the samples not labelled ``target_label`` get it;
+    * ``"source_to_target"``: ``poison_ratio`` of the samples labelled ``source_label`` get
+      ``target_label``;
+    * ``"random"`` (untargeted, an availability attack): ``poison_ratio`` of all samples get a
+      uniformly drawn *other* label.
+    """
+    _check_dataset(x, y)
+    target_label = _check_target_label(target_label)
+    if not isinstance(num_classes, int) or num_classes < 2 or target_label >= num_classes:
+        raise ValueError(f"num_classes={num_classes!r} must be an int >= 2 above target_label")
+    if mode == "all_to_one":
+        candidates = torch.nonzero(y != target_label).flatten()
+    elif mode == "source_to_target":
+        if source_label is None or not 0 <= int(source_label) < num_classes:
+            raise ValueError(f"source_label={source_label!r} must be a class in [0, {num_classes})")
+        candidates = torch.nonzero(y == int(source_label)).flatten()
+    elif mode == "random":
+        candidates = torch.arange(len(y), device=y.device)
+    else:
+        raise ValueError(f"mode={mode!r} is not one of all_to_one, source_to_target, random")
+    chosen = _choose(candidates, poison_ratio, generator)
+    y_new = y.clone()
+    if mode == "random":
+        shift = torch.randint(
+            1, num_classes, (len(chosen),), generator=generator, device=generator.device
+        ).to(y.device)
+        y_new[chosen] = (y[chosen] + shift) % num_classes
+    else:
+        y_new[chosen] = target_label
+    poisoned = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    poisoned[chosen] = True
+    return x, y_new, poisoned
+
+
+def relabel_testset(
+    x: Tensor, y: Tensor, *, target_label: int, source_label: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Backdoor test of a label-flipping attack: the test samples of ``source_label`` (all
+    non-target samples when ``None``), labelled ``target_label``, untouched otherwise."""
+    _check_dataset(x, y)
+    target_label = _check_target_label(target_label)
+    keep = (y != target_label) if source_label is None else (y == int(source_label))
+    return x[keep], torch.full_like(y[keep], target_label)
+
+
+def edge_case_mask(x: Tensor, y: Tensor, *, source_label: int, min_brightness: float) -> Tensor:
+    """The edge-case subset [4]_ chosen by a rule: images of ``source_label`` whose mean pixel
+    value is at least ``min_brightness`` (a rarely seen tail of that class when high)."""
+    _check_dataset(x, y)
+    return (y == int(source_label)) & (x.mean(dim=(1, 2, 3)) >= float(min_brightness))
+
+
+def edge_case_poison(
+    x: Tensor,
+    y: Tensor,
+    *,
+    source_label: int,
+    min_brightness: float,
+    target_label: int,
+    generator: torch.Generator,
+    poison_ratio: float = 1.0,
+    attacker_index: int = 0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Edge-case backdoor [4]_ in spirit: the attacker relabels ``poison_ratio`` of its own
+    edge-case samples (:func:`edge_case_mask`) to ``target_label``. No trigger."""
+    target_label = _check_target_label(target_label)
+    edge = edge_case_mask(x, y, source_label=source_label, min_brightness=min_brightness)
+    chosen = _choose(torch.nonzero(edge).flatten(), poison_ratio, generator)
+    y_new = y.clone()
+    y_new[chosen] = target_label
+    poisoned = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    poisoned[chosen] = True
+    return x, y_new, poisoned
+
+
+def edge_case_testset(
+    x: Tensor, y: Tensor, *, source_label: int, min_brightness: float, target_label: int
+) -> tuple[Tensor, Tensor]:
+    """Backdoor test of the edge-case attack: the held-out (test-split) edge cases, labelled
+    ``target_label``."""
+    target_label = _check_target_label(target_label)
+    edge = edge_case_mask(x, y, source_label=source_label, min_brightness=min_brightness)
+    return x[edge], torch.full_like(y[edge], target_label)

@@ -11,6 +11,10 @@ References
 ----------
 .. [1] T. Gu, B. Dolan-Gavitt and S. Garg, "BadNets: Identifying Vulnerabilities in the Machine
    Learning Model Supply Chain", arXiv:1708.06733, 2017.
+.. [2] X. Chen, C. Liu, B. Li, K. Lu and D. Song, "Targeted Backdoor Attacks on Deep Learning
+   Systems Using Data Poisoning", arXiv:1712.05526, 2017 (blended injection).
+.. [3] C. Xie, K. Huang, P.-Y. Chen and B. Li, "DBA: Distributed Backdoor Attacks against
+   Federated Learning", ICLR 2020.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import SupportsIndex
 import torch
 from torch import Tensor
 
-__all__ = ["LOCATIONS", "Trigger", "checkerboard", "square"]
+__all__ = ["LOCATIONS", "Trigger", "blend", "checkerboard", "split", "square"]
 
 #: Named placements of a square trigger; the corner names keep a 1-pixel margin from the border.
 LOCATIONS: tuple[str, ...] = ("bottom_right", "top_left", "top_right", "bottom_left", "center")
@@ -276,3 +280,43 @@ def _describe(value: object) -> str:
     if isinstance(value, Tensor):
         return f"shape {tuple(value.shape)}"
     return type(value).__name__
+
+
+def blend(
+    *, image_size: Sequence[int], channels: int = 1, alpha: float = 0.2, seed: int = 0
+) -> Trigger:
+    """A full-image random pattern blended in with weight ``alpha`` (blended injection [2]_).
+
+    ``x' = (1 - alpha) x + alpha p`` with ``p`` uniform noise in ``[0, 1]`` drawn from ``seed``,
+    so attackers and the server's test share the pattern without exchanging it.
+    """
+    height, width = _image_size(image_size)
+    alpha = float(alpha)
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
+    channels = _positive_int("channels", channels)
+    generator = torch.Generator().manual_seed(int(seed))
+    pattern = torch.rand(channels, height, width, generator=generator)
+    return Trigger(mask=torch.full((height, width), alpha), pattern=pattern)
+
+
+def split(trigger: Trigger, num_parts: int) -> list[Trigger]:
+    """Cut a trigger into ``num_parts`` local triggers for a distributed backdoor attack [3]_.
+
+    The rows of the trigger's footprint (the bounding box of its non-zero mask) are dealt into
+    ``num_parts`` horizontal bands of (nearly) equal height, like DBA's four bars; each part keeps
+    the global pattern and the mask of its band. The parts are disjoint and their masks add up to
+    the global mask exactly.
+    """
+    num_parts = _positive_int("num_parts", num_parts)
+    rows = torch.nonzero(trigger.mask.sum(dim=1) > 0).flatten()
+    if rows.numel() < num_parts:
+        raise ValueError(
+            f"num_parts={num_parts} exceeds the {rows.numel()} rows the trigger covers"
+        )
+    parts = []
+    for band in torch.tensor_split(rows, num_parts):
+        mask = torch.zeros_like(trigger.mask)
+        mask[band] = trigger.mask[band]
+        parts.append(Trigger(mask=mask, pattern=trigger.pattern))
+    return parts

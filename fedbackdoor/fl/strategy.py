@@ -145,6 +145,7 @@ class DefenseStrategy(Strategy):
         # Partitions go to nodes round-robin: in the simulation there is one node per client;
         # a deployment may run fewer SuperNodes, each training several partitions in turn.
         nodes = wait_for_nodes(grid, self.min_nodes)
+        attacker_rank = {p: i for i, p in enumerate(sorted(self.malicious_set))}
         messages = []
         for i, (partition, bad) in enumerate(zip(sample.partitions, sample.malicious, strict=True)):
             node = nodes[i % len(nodes)]
@@ -156,6 +157,7 @@ class DefenseStrategy(Strategy):
                             "server-round": server_round,
                             "partition-id": partition,
                             "malicious": bool(bad),
+                            "attacker-index": attacker_rank.get(partition, -1),
                             "indices": self.partitions[partition].tolist(),
                             "run-config": self.cfg_yaml,
                         }

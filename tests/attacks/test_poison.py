@@ -162,3 +162,151 @@ def test_backdoor_testset_uses_the_given_target() -> None:
     x_bd, y_bd = backdoor_testset(x, y, trigger=_trigger(), target_label=2)
 
     assert x_bd.shape[0] == 9 and torch.all(y_bd == 2)
+
+
+# --- distributed, blended, label-flipping and edge-case poisoning ----------------------------
+
+from fedbackdoor.attacks.poison import (  # noqa: E402
+    dba_poison,
+    edge_case_mask,
+    edge_case_poison,
+    edge_case_testset,
+    label_flip,
+    relabel_testset,
+)
+from fedbackdoor.attacks.triggers import blend, split  # noqa: E402
+
+
+def test_dba_parts_tile_the_global_trigger_exactly() -> None:
+    trigger = checkerboard(image_size=(12, 12), size=4)
+
+    parts = split(trigger, 4)
+
+    masks = torch.stack([p.mask for p in parts])
+    assert torch.equal(masks.sum(0), trigger.mask)  # union is the global mask...
+    assert int((masks > 0).sum(0).max()) == 1  # ...and no pixel is in two parts
+    assert all(int((p.mask > 0).sum()) == 4 for p in parts)  # four 1x4 bars
+    x = torch.full((1, 1, 12, 12), 0.5)
+    stamped = x
+    for part in parts:
+        stamped = part.apply(stamped)
+    assert torch.equal(stamped, trigger.apply(x))
+
+
+def test_dba_attacker_stamps_only_its_part() -> None:
+    trigger = checkerboard(image_size=(12, 12), size=4)
+    x = torch.full((10, 1, 12, 12), 0.5)
+    y = torch.ones(10, dtype=torch.long)
+
+    x2, y2, poisoned = dba_poison(
+        x,
+        y,
+        trigger=trigger,
+        num_parts=4,
+        poison_ratio=1.0,
+        target_label=0,
+        generator=torch.Generator(),
+        attacker_index=5,
+    )
+
+    changed_rows = torch.nonzero((x2 != x)[0, 0].any(dim=1)).flatten().tolist()
+    assert changed_rows == [split(trigger, 4)[1].mask.sum(1).nonzero().item()]  # part 5 mod 4
+    assert poisoned.all() and (y2 == 0).all()
+
+
+def test_split_rejects_more_parts_than_rows() -> None:
+    with pytest.raises(ValueError, match="num_parts=5"):
+        split(checkerboard(image_size=(12, 12), size=4), 5)
+
+
+def test_blend_mixes_a_seeded_pattern_with_weight_alpha() -> None:
+    trigger = blend(image_size=(6, 6), channels=3, alpha=0.25, seed=7)
+    x = torch.rand(2, 3, 6, 6)
+
+    out = trigger.apply(x)
+
+    assert torch.allclose(out, 0.75 * x + 0.25 * trigger.pattern)
+    assert torch.equal(trigger.pattern, blend(image_size=(6, 6), channels=3, seed=7).pattern)
+    with pytest.raises(ValueError, match="alpha"):
+        blend(image_size=(6, 6), alpha=0.0)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        # y = [0, 1, 2, 1, 3, 1]; target 0, source 1, every candidate flipped
+        ("all_to_one", [0, 0, 0, 0, 0, 0]),
+        ("source_to_target", [0, 0, 2, 0, 3, 0]),
+    ],
+)
+def test_label_flip_changes_exactly_the_intended_labels(mode: str, expected: list[int]) -> None:
+    y = torch.tensor([0, 1, 2, 1, 3, 1])
+    x = torch.rand(6, 1, 4, 4)
+
+    x2, y2, poisoned = label_flip(
+        x, y, mode=mode, num_classes=4, target_label=0, source_label=1, generator=torch.Generator()
+    )
+
+    assert y2.tolist() == expected
+    assert poisoned.tolist() == [a != b for a, b in zip(y.tolist(), expected, strict=True)]
+    assert torch.equal(x2, x)
+
+
+def test_random_label_flip_always_picks_another_class_and_respects_the_ratio() -> None:
+    y = torch.arange(100) % 5
+
+    _, y2, poisoned = label_flip(
+        torch.zeros(100, 1, 2, 2),
+        y,
+        mode="random",
+        num_classes=5,
+        poison_ratio=0.3,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+    assert int(poisoned.sum()) == 30
+    assert (y2[poisoned] != y[poisoned]).all() and (y2[~poisoned] == y[~poisoned]).all()
+    assert int(y2.max()) < 5
+
+
+def test_label_flip_rejects_unknown_mode_and_missing_source() -> None:
+    y = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="mode='swap'"):
+        label_flip(
+            torch.zeros(4, 1, 2, 2), y, mode="swap", num_classes=3, generator=torch.Generator()
+        )
+    with pytest.raises(ValueError, match="source_label=None"):
+        label_flip(
+            torch.zeros(4, 1, 2, 2),
+            y,
+            mode="source_to_target",
+            num_classes=3,
+            generator=torch.Generator(),
+        )
+
+
+def test_relabel_testset_keeps_the_source_class() -> None:
+    y = torch.tensor([0, 1, 2, 1])
+    x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1)
+
+    x_bd, y_bd = relabel_testset(x, y, target_label=0, source_label=1)
+    x_all, _ = relabel_testset(x, y, target_label=0)
+
+    assert x_bd.flatten().tolist() == [1.0, 3.0] and y_bd.tolist() == [0, 0]
+    assert x_all.flatten().tolist() == [1.0, 2.0, 3.0]
+
+
+def test_edge_cases_are_the_bright_tail_of_the_source_class() -> None:
+    # brightness = pixel value; source class 1: values 0.2, 0.6, 0.9 -> tail >= 0.5 is two images
+    x = torch.tensor([0.2, 0.6, 0.9, 0.95]).view(4, 1, 1, 1).expand(4, 1, 2, 2).contiguous()
+    y = torch.tensor([1, 1, 1, 2])
+
+    mask = edge_case_mask(x, y, source_label=1, min_brightness=0.5)
+    _, y2, poisoned = edge_case_poison(
+        x, y, source_label=1, min_brightness=0.5, target_label=0, generator=torch.Generator()
+    )
+    x_bd, y_bd = edge_case_testset(x, y, source_label=1, min_brightness=0.5, target_label=0)
+
+    assert mask.tolist() == [False, True, True, False]
+    assert y2.tolist() == [1, 0, 0, 2] and poisoned.tolist() == mask.tolist()
+    assert len(x_bd) == 2 and y_bd.tolist() == [0, 0]

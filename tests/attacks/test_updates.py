@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import DictConfig, OmegaConf
 
-from fedbackdoor.attacks.poison import backdoor_testset, poison_dataset
 from fedbackdoor.attacks.triggers import Trigger
 from fedbackdoor.attacks.updates import (
     alie,
@@ -38,8 +37,12 @@ REQUIRED_KEYS = {
     "poison_ratio",
     "target_label",
     "boost",
-    "data_poisoning",
+    "start_round",
+    "end_round",
+    "every",
     "trigger",
+    "poison",
+    "backdoor_test",
     "update",
 }
 NEW_ATTACKS = ("sign_flip", "gaussian", "alie", "ipm", "minmax", "minsum")
@@ -545,7 +548,7 @@ def _compose(path: Path) -> DictConfig:
             "num_clients": 10,
             "clients_per_round": 5,
             "server_lr": 1.0,
-            "dataset": {"image_size": [28, 28], "num_classes": 10},
+            "dataset": {"image_size": [28, 28], "num_classes": 10, "channels": 1},
             "attack": OmegaConf.load(path),
         }
     )
@@ -573,15 +576,8 @@ def test_attack_config_composes_instantiates_and_runs(path: Path) -> None:
     update = instantiate(attack["update"])
     stamped = trigger.apply(x)
     attacked = update(updates, malicious, generator=generator)
-    x_poisoned, y_poisoned, poisoned = poison_dataset(
-        x,
-        y,
-        trigger=trigger,
-        poison_ratio=attack.poison_ratio,
-        target_label=attack.target_label,
-        generator=generator,
-    )
-    x_bd, y_bd = backdoor_testset(x, y, trigger=trigger, target_label=attack.target_label)
+    poison = None if attack.poison is None else instantiate(attack.poison)
+    x_bd, y_bd = instantiate(attack.backdoor_test)(x, y)
 
     # Assert
     assert REQUIRED_KEYS <= set(attack.keys())
@@ -589,12 +585,15 @@ def test_attack_config_composes_instantiates_and_runs(path: Path) -> None:
     assert stamped.shape == x.shape and not torch.equal(stamped, x)
     assert attacked.shape == updates.shape
     assert torch.equal(attacked[~malicious], updates[~malicious])
-    assert int(poisoned.sum()) == round(attack.poison_ratio * 6)
-    assert x_poisoned.shape == x.shape and y_poisoned.shape == y.shape
+    if poison is not None:
+        x_poisoned, y_poisoned, poisoned = poison(x, y, generator=generator, attacker_index=1)
+        assert x_poisoned.shape == x.shape and y_poisoned.shape == y.shape
+        assert poisoned.dtype == torch.bool and poisoned.shape == y.shape
+        changed = (y_poisoned != y) | (x_poisoned != x).flatten(1).any(1)
+        assert not changed[~poisoned].any()  # only the chosen samples change
     assert torch.all(y_bd == attack.target_label) and x_bd.shape[0] == y_bd.shape[0]
     assert 0.0 <= attack.fraction <= 1.0
     assert attack.per_round is None or isinstance(attack.per_round, int)
-    assert isinstance(attack.data_poisoning, bool)
 
 
 def test_badnets_update_follows_attack_boost() -> None:
@@ -661,7 +660,7 @@ def test_untargeted_attack_configs_keep_the_backdoor_measurement(name: str) -> N
 
     # Assert: malicious clients train honestly; only the server-side step attacks.
     assert attack.fraction == 0.1 and attack.per_round is None
-    assert attack.poison_ratio == 0.0 and attack.data_poisoning is False
+    assert attack.poison_ratio == 0.0 and attack.poison is None
     assert attack.boost == 1.0 and attack.target_label == 0
     assert torch.equal(trigger.mask, reference.mask)
     assert torch.equal(trigger.pattern, reference.pattern)
