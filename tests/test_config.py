@@ -37,7 +37,8 @@ def test_default_config_composes_and_is_valid() -> None:
                 "minmax",
                 "minsum",
             ],
-            "defense": ["fedavg", "clip", "dp", "median", "trimmed_mean", "krum"],
+            "defense": ["fedavg", "clip", "adaptive_clip", "dp", "median", "trimmed_mean", "krum",
+                    "multikrum", "bulyan", "geomed", "centered_clip"],
         }.items()
         for o in opts
     ],

@@ -17,6 +17,19 @@ Implemented rules
   "Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS; and
   El Mhamdi, Guerraoui & Rouault (2018), "The Hidden Vulnerability of Distributed Learning in
   Byzantium", ICML.
+- :func:`bulyan` -- El Mhamdi, Guerraoui & Rouault (2018), same paper.
+- :func:`geometric_median` (RFA) -- Pillutla, Kakade & Harchaoui (2022), "Robust Aggregation
+  for Federated Learning", IEEE Transactions on Signal Processing.
+- :func:`centered_clip` -- Karimireddy, He & Jaggi (2021), "Learning from History for Byzantine
+  Robust Optimization", ICML.
+
+Speed
+-----
+Rounds can carry ``n ~ 100`` updates of ``d ~ 10^6`` parameters, so the rules that need
+distances work in the ``n``-dimensional space of coefficients: one pass over the updates builds
+their Gram matrix (:func:`pairwise_squared_distances`), iterations then cost ``O(n^2)``, and a
+last pass forms the aggregate. Coordinate-wise sorting goes through numpy on CPU, whose
+vectorised sort is an order of magnitude faster than ``torch.sort`` on many short columns.
 """
 
 from __future__ import annotations
@@ -25,12 +38,16 @@ import math
 from dataclasses import dataclass
 from numbers import Integral, Real
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
     "Aggregate",
     "NotEnoughClients",
+    "bulyan",
+    "centered_clip",
+    "geometric_median",
     "krum",
     "krum_scores",
     "mean",
@@ -133,7 +150,24 @@ def mean(updates: Tensor, weights: Tensor) -> Aggregate:
 
 
 def _sorted_columns(updates: Tensor) -> Tensor:
+    """Every column of ``updates`` sorted ascending, as a new tensor."""
+    if updates.device.type == "cpu" and updates.dtype in (torch.float32, torch.float64):
+        # numpy's vectorised sort: n=100 columns of d=1.2M take ~0.25 s, torch.sort ~4.5 s.
+        return torch.from_numpy(np.sort(updates.detach().numpy(), axis=0))
     return torch.sort(updates, dim=0).values
+
+
+def _median_of_sorted(ordered: Tensor) -> Tensor:
+    """Coordinate-wise median of column-sorted rows; an even count averages the middle two."""
+    middle = ordered.shape[0] // 2
+    if ordered.shape[0] % 2 == 1:
+        # A copy, so that the aggregate does not keep the whole sorted matrix alive.
+        return ordered[middle].clone()
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _coordinate_median(updates: Tensor) -> Tensor:
+    return _median_of_sorted(_sorted_columns(updates))
 
 
 def median(updates: Tensor, weights: Tensor) -> Aggregate:
@@ -163,11 +197,7 @@ def median(updates: Tensor, weights: Tensor) -> Aggregate:
     n = _check_inputs("median", updates, weights)
     _require_clients("median", n)
     # Sort-based rather than torch.quantile, which refuses inputs above 2**24 elements.
-    ordered = _sorted_columns(updates)
-    middle = n // 2
-    if n % 2 == 1:
-        return Aggregate(update=ordered[middle], flagged=None)
-    return Aggregate(update=(ordered[middle - 1] + ordered[middle]) / 2, flagged=None)
+    return Aggregate(update=_coordinate_median(updates), flagged=None)
 
 
 def trimmed_mean(updates: Tensor, weights: Tensor, *, beta: float) -> Aggregate:
@@ -211,8 +241,52 @@ def trimmed_mean(updates: Tensor, weights: Tensor, *, beta: float) -> Aggregate:
     return Aggregate(update=_sorted_columns(updates)[k : n - k].mean(dim=0), flagged=None)
 
 
+# Columns per block when streaming over the updates: a [100, 8192] float64 block (6.5 MB) stays
+# in cache while it is worked on, about twice as fast for BLAS as one product over all of d.
+_BLOCK_COLUMNS = 8192
+
+
+def _centred_gram(updates: Tensor, origin: Tensor) -> Tensor:
+    """Float64 Gram matrix ``G[i, j] = <x_i - origin, x_j - origin>``, shape ``[n, n]``."""
+    n = updates.shape[0]
+    gram = torch.zeros(n, n, dtype=torch.float64, device=updates.device)
+    for start in range(0, updates.shape[1], _BLOCK_COLUMNS):
+        columns = slice(start, start + _BLOCK_COLUMNS)
+        block = updates[:, columns].to(torch.float64) - origin[columns].to(torch.float64)
+        gram.addmm_(block, block.T)
+    # BLAS need not add up (i, j) and (j, i) in the same order; exact symmetry keeps the rules
+    # that use it invariant to the order of the clients.
+    return (gram + gram.T) / 2
+
+
+def _combine(updates: Tensor, origin: Tensor, coefficients: Tensor) -> Tensor:
+    """``origin + sum_i coefficients[i] * (x_i - origin)``, in the dtype of ``updates``."""
+    # Summing the differences to the origin rather than the x_i themselves keeps the rounding
+    # at the scale of the spread: under a common offset of 1e3, sum_i c_i x_i in float32 is
+    # off by ~20 ulps, this by half an ulp. Block by block, so no [n, d] temporary.
+    share = coefficients.to(updates.dtype)
+    origin = origin.to(updates.dtype)
+    combined = torch.empty(updates.shape[1], dtype=updates.dtype, device=updates.device)
+    for first in range(0, updates.shape[1], _BLOCK_COLUMNS):
+        columns = slice(first, first + _BLOCK_COLUMNS)
+        combined[columns] = origin[columns] + share @ (updates[:, columns] - origin[columns])
+    return combined
+
+
+def _squared_distances_to(gram: Tensor, coefficients: Tensor) -> Tensor:
+    """``||x_i - v||^2`` for every ``i``, from the Gram matrix of the ``x_j - origin``.
+
+    ``v = origin + sum_j coefficients[j] (x_j - origin)``.
+    """
+    projected = gram @ coefficients
+    return (gram.diagonal() - 2 * projected + coefficients @ projected).clamp_min(0)
+
+
 def pairwise_squared_distances(updates: Tensor) -> Tensor:
     """Squared Euclidean distances between all pairs of updates.
+
+    Computed as ``||a_i||^2 + ||a_j||^2 - 2 <a_i, a_j>`` from the Gram matrix of the updates
+    centred at their coordinate-wise median, ``a_i = x_i - median``, accumulated in float64.
 
     Parameters
     ----------
@@ -222,14 +296,26 @@ def pairwise_squared_distances(updates: Tensor) -> Tensor:
     Returns
     -------
     Tensor
-        Float64 matrix ``D`` of shape ``[n, n]`` with ``D[i, j] = ||x_i - x_j||^2``.
+        Float64 matrix ``D`` of shape ``[n, n]`` with ``D[i, j] = ||x_i - x_j||^2``, exactly
+        symmetric with a zero diagonal.
     """
-    # cdist without the matrix-product shortcut: the ||x||^2 + ||y||^2 - 2xy form cancels to
-    # zero when two updates are close relative to their norms (e.g. a shared large offset),
-    # which is exactly where Krum has to tell clients apart. The direct form is also faster
-    # on CPU for the small n of federated rounds.
-    distances = torch.cdist(updates, updates, p=2.0, compute_mode="donot_use_mm_for_euclid_dist")
-    return distances.to(torch.float64).square()
+    # Uncentred, this form cancels to zero when two updates are close relative to their norms
+    # (e.g. a shared large offset), which is exactly where Krum has to tell clients apart.
+    # Centred at the median and in float64 its rounding scales with the spread of the majority
+    # of updates instead, whatever the offset or the outliers; and unlike the direct form of
+    # torch.cdist (6 s for n=100, d=1.2M on two cores) it runs on BLAS (0.6 s with the median).
+    n = updates.shape[0]
+    if n == 0:
+        return torch.zeros(0, 0, dtype=torch.float64, device=updates.device)
+    gram = _centred_gram(updates, _coordinate_median(updates))
+    norms = gram.diagonal()
+    distances = (norms.unsqueeze(0) + norms.unsqueeze(1) - 2 * gram).clamp_min_(0)
+    return distances.fill_diagonal_(0)
+
+
+def _sum_of_nearest(distances: Tensor, neighbours: int) -> Tensor:
+    """Row sums of the ``neighbours`` smallest entries (``inf`` on the diagonal excludes self)."""
+    return torch.topk(distances, k=neighbours, dim=1, largest=False).values.sum(dim=1)
 
 
 def krum_scores(updates: Tensor, *, f: int) -> Tensor:
@@ -251,11 +337,9 @@ def krum_scores(updates: Tensor, *, f: int) -> Tensor:
         Float64 scores, shape ``[n]``; lower means more central.
     """
     n = updates.shape[0]
-    neighbours = n - f - 2
     distances = pairwise_squared_distances(updates)
     distances.fill_diagonal_(math.inf)  # a client is not its own neighbour
-    nearest = torch.topk(distances, k=neighbours, dim=1, largest=False).values
-    return nearest.sum(dim=1)
+    return _sum_of_nearest(distances, n - f - 2)
 
 
 def krum(updates: Tensor, weights: Tensor, *, f: int, m: int = 1) -> Aggregate:
@@ -303,3 +387,268 @@ def krum(updates: Tensor, weights: Tensor, *, f: int, m: int = 1) -> Aggregate:
     flagged = torch.ones(n, dtype=torch.bool, device=updates.device)
     flagged[selected] = False
     return Aggregate(update=updates[selected].mean(dim=0), flagged=flagged)
+
+
+def _bulyan_selection(distances: Tensor, f: int) -> Tensor:
+    """Indices of the ``n - 2f`` updates chosen by Krum applied recursively (ascending order).
+
+    ``distances`` are the squared pairwise distances of all ``n`` updates; every round scores
+    the remaining updates on the sub-matrix, without recomputing a distance.
+    """
+    remaining = torch.arange(distances.shape[0], device=distances.device)
+    chosen: list[Tensor] = []
+    for _ in range(distances.shape[0] - 2 * f):
+        size = remaining.numel()
+        among = distances[remaining][:, remaining]
+        totals = among.sum(dim=1)
+        # Krum's r - f - 2 neighbours on the r remaining updates, and at least one: for f <= 1
+        # the last rounds would otherwise score every update 0.
+        scores = _sum_of_nearest(among.fill_diagonal_(math.inf), max(size - f - 2, 1))
+        # With one neighbour the two updates of the closest pair always tie (each is the other's
+        # nearest): the tie goes to the one closer to all the remaining updates, so that the
+        # choice does not depend on the order of the clients; then to the lower index.
+        best = int(torch.argmin(torch.where(scores == scores.min(), totals, math.inf)))
+        chosen.append(remaining[best])
+        remaining = torch.cat([remaining[:best], remaining[best + 1 :]])
+    return torch.sort(torch.stack(chosen)).values
+
+
+def _mean_around_median(rows: Tensor, kept: int) -> Tensor:
+    """Per coordinate, the mean of the ``kept`` values closest to the coordinate's median."""
+    ordered = _sorted_columns(rows)
+    if kept == ordered.shape[0]:
+        return ordered.mean(dim=0)
+    result = torch.empty(ordered.shape[1], dtype=ordered.dtype, device=ordered.device)
+    # Block by block, the temporaries stay in cache: ~5x faster than whole-matrix operations.
+    for first in range(0, ordered.shape[1], _BLOCK_COLUMNS):
+        columns = slice(first, first + _BLOCK_COLUMNS)
+        result[columns] = _window_mean(ordered[:, columns], kept)
+    return result
+
+
+def _window_mean(ordered: Tensor, kept: int) -> Tensor:
+    """:func:`_mean_around_median` of column-sorted rows, with ``kept`` < the number of rows."""
+    count = ordered.shape[0]
+    dropped = count - kept
+    centre = _median_of_sorted(ordered)
+    # In a sorted column the kept values are a window ordered[s : s + kept]. Sliding it up by
+    # one swaps ordered[s] for ordered[s + kept], which pays iff the latter is strictly closer
+    # to the median, i.e. iff ordered[s] + ordered[s + kept] < 2 * median. That sum grows with
+    # s, so the start s is the number of slides that pay (equal distances keep the lower value).
+    start = (ordered[:dropped] + ordered[kept:] < 2 * centre).sum(dim=0)
+    # 0 <= s <= dropped, so rows [dropped, kept) are always in (none if kept <= dropped); only
+    # the rows below `dropped` and from max(dropped, kept) on need a mask.
+    total = ordered[dropped:kept].sum(dim=0)
+    below = torch.arange(dropped, device=ordered.device).unsqueeze(1)
+    inside = (below >= start) & (below < start + kept)
+    total += torch.where(inside, ordered[:dropped], 0).sum(dim=0)
+    first_above = max(dropped, kept)
+    above = torch.arange(first_above, count, device=ordered.device).unsqueeze(1)
+    total += torch.where(above < start + kept, ordered[first_above:], 0).sum(dim=0)
+    return total / kept
+
+
+def bulyan(updates: Tensor, weights: Tensor, *, f: int) -> Aggregate:
+    """Bulyan over Krum (El Mhamdi, Guerraoui & Rouault 2018).
+
+    1. Selection: apply Krum to the remaining updates, move the winner to the selection set,
+       and repeat until ``theta = n - 2f`` updates are selected. Each round rescores the
+       remaining ``r`` updates with ``max(r - f - 2, 1)`` neighbours; equal scores (always the
+       case for the closest pair when one neighbour counts) go to the update with the smaller
+       sum of squared distances to all remaining updates, then to the lower client index.
+    2. Aggregation: in every coordinate, keep the ``beta = theta - 2f`` selected values closest
+       to their median (the mean of the middle two for even ``theta``; of two values at the
+       same distance the lower is kept) and average them.
+
+    The pairwise distances are computed once, for all ``n`` updates.
+
+    Parameters
+    ----------
+    updates : Tensor
+        Client updates, shape ``[n, d]``, floating point.
+    weights : Tensor
+        Sample counts, shape ``[n]``, all ``> 0`` (unused by the rule).
+    f : int
+        Assumed number of Byzantine clients, ``>= 0``.
+
+    Returns
+    -------
+    Aggregate
+        The aggregate; ``flagged`` marks the ``2f`` clients not selected in step 1.
+
+    Raises
+    ------
+    ValueError
+        If ``f`` is not an integer ``>= 0``.
+    NotEnoughClients
+        If ``n < 4f + 3``, the paper's requirement.
+    """
+    if not _is_int(f) or f < 0:
+        raise ValueError(f"bulyan: f must be an integer >= 0, got f={f!r}")
+    n = _check_inputs("bulyan", updates, weights)
+    if n < 4 * f + 3:
+        raise NotEnoughClients(f"bulyan needs n >= 4f + 3 clients, got n={n}, f={f}")
+    f = int(f)
+    selected = _bulyan_selection(pairwise_squared_distances(updates), f)
+    flagged = torch.ones(n, dtype=torch.bool, device=updates.device)
+    flagged[selected] = False
+    theta = n - 2 * f
+    update = _mean_around_median(updates.index_select(0, selected), kept=theta - 2 * f)
+    return Aggregate(update=update, flagged=flagged)
+
+
+def geometric_median(
+    updates: Tensor,
+    weights: Tensor,
+    *,
+    max_iter: int = 100,
+    eps: float = 1e-6,
+    tol: float = 1e-7,
+) -> Aggregate:
+    """Weighted geometric median by the smoothed Weiszfeld algorithm (RFA, Pillutla et al. 2022).
+
+    Approximately minimises ``g(v) = sum_i a_i ||v - x_i||`` with ``a_i = w_i / sum_j w_j``.
+    Every iteration sets ``v <- sum_i b_i x_i / sum_i b_i`` with
+    ``b_i = a_i / max(eps, ||v - x_i||)``, and the loop stops once the (smoothed) gradient
+    ``||sum_i b_i (x_i - v)||`` -- the norm of the weighted mean of the unit vectors from ``v``
+    to the updates -- is at most ``tol``, or after ``max_iter`` iterations.
+
+    Two choices differ from the paper's pseudo-code, not from its fixed point. The iterations
+    start from the coordinate-wise median (see :func:`median`) rather than from the weighted
+    mean, which ``f < n/2`` huge outliers drag far away and from where Weiszfeld needs dozens
+    of iterations to crawl back. And the stopping rule is the gradient above rather than a
+    relative decrease of ``g``, which huge outliers dominate so that it would stop early.
+
+    Since ``v`` stays a combination of the updates, the iterations run on ``n`` coefficients and
+    the ``[n, n]`` Gram matrix of the updates; ``d`` only enters twice, to build the Gram matrix
+    and to form the result.
+
+    Parameters
+    ----------
+    updates : Tensor
+        Client updates, shape ``[n, d]``, floating point.
+    weights : Tensor
+        Sample counts, shape ``[n]``, all ``> 0``: the weights ``a_i`` of the objective.
+    max_iter : int, default 100
+        Maximum number of Weiszfeld iterations, ``>= 1``.
+    eps : float, default 1e-6
+        Smoothing ``nu > 0`` of the paper, in the units of the update norm: distances below it
+        count as ``eps``, so that an iterate on top of an update cannot divide by zero.
+    tol : float, default 1e-7
+        Gradient norm at which the loop stops, ``>= 0`` (scale-free: it lies in ``[0, 1]``).
+
+    Returns
+    -------
+    Aggregate
+        The geometric median; ``flagged`` is ``None`` (every update keeps a weight).
+
+    Raises
+    ------
+    ValueError
+        If ``max_iter`` is not an integer ``>= 1``, ``eps`` not a finite number ``> 0`` or
+        ``tol`` not a finite number ``>= 0``.
+    NotEnoughClients
+        If ``n == 0``.
+    """
+    if not _is_int(max_iter) or max_iter < 1:
+        raise ValueError(
+            f"geometric_median: max_iter must be an integer >= 1, got max_iter={max_iter!r}"
+        )
+    if not _is_real(eps) or not 0 < eps < math.inf:
+        raise ValueError(f"geometric_median: eps must be a finite number > 0, got eps={eps!r}")
+    if not _is_real(tol) or not 0 <= tol < math.inf:
+        raise ValueError(f"geometric_median: tol must be a finite number >= 0, got tol={tol!r}")
+    n = _check_inputs("geometric_median", updates, weights)
+    _require_clients("geometric_median", n)
+    origin = _coordinate_median(updates)
+    gram = _centred_gram(updates, origin)
+    share = weights.to(torch.float64) / weights.to(torch.float64).sum()
+    coefficients = torch.zeros(n, dtype=torch.float64, device=updates.device)  # v = origin
+    for _ in range(max_iter):
+        distances = _squared_distances_to(gram, coefficients).sqrt()
+        pull = share / distances.clamp_min(eps)
+        # sum_i b_i (x_i - v) has coefficients b - (sum_i b_i) c on the x_j - origin.
+        gradient = pull - pull.sum() * coefficients
+        if float(gradient @ gram @ gradient) <= tol**2:
+            break
+        coefficients = pull / pull.sum()
+    return Aggregate(update=_combine(updates, origin, coefficients), flagged=None)
+
+
+def centered_clip(
+    updates: Tensor,
+    weights: Tensor,
+    *,
+    tau: float = 1.0,
+    iters: int = 1,
+    center: Tensor | None = None,
+) -> Aggregate:
+    """Centered clipping (Karimireddy, He & Jaggi 2021).
+
+    Starting from ``v = center``, repeats ``iters`` times
+    ``v <- v + (1/n) sum_i (x_i - v) * min(1, tau / ||x_i - v||)``: every update pulls ``v``
+    towards itself by at most ``tau / n``, so ``f`` attackers move each step by at most
+    ``f tau / n`` however large their updates.
+
+    The paper starts from the previous aggregate (server momentum). The server here keeps no
+    state across rounds, so the default start is the coordinate-wise median of this round's
+    updates (see :func:`median`), a robust point that clipping then moves towards the mass.
+
+    Parameters
+    ----------
+    updates : Tensor
+        Client updates, shape ``[n, d]``, floating point.
+    weights : Tensor
+        Sample counts, shape ``[n]``, all ``> 0`` (unused: the paper's average is uniform).
+    tau : float, default 1.0
+        Clipping radius ``> 0``, in the units of the update norm (``inf``: plain mean).
+    iters : int, default 1
+        Number of clipping iterations, ``>= 1``.
+    center : Tensor, optional
+        Starting point, shape ``[d]``, finite. Defaults to the coordinate-wise median.
+
+    Returns
+    -------
+    Aggregate
+        The final ``v``; ``flagged`` is ``None`` (clipping only bounds each update's pull).
+
+    Raises
+    ------
+    ValueError
+        If ``tau`` is not a number ``> 0``, ``iters`` not an integer ``>= 1`` or ``center`` not
+        a finite floating tensor of shape ``[d]``.
+    NotEnoughClients
+        If ``n == 0``.
+    """
+    if not _is_real(tau) or not tau > 0:
+        raise ValueError(f"centered_clip: tau must be a number > 0, got tau={tau!r}")
+    if not _is_int(iters) or iters < 1:
+        raise ValueError(f"centered_clip: iters must be an integer >= 1, got iters={iters!r}")
+    n = _check_inputs("centered_clip", updates, weights)
+    d = updates.shape[1]
+    if center is not None and not (
+        isinstance(center, Tensor)
+        and center.is_floating_point()
+        and tuple(center.shape) == (d,)
+        and bool(torch.all(torch.isfinite(center)))
+    ):
+        described = (
+            f"shape {tuple(center.shape)}, dtype {center.dtype}"
+            if isinstance(center, Tensor)
+            else type(center).__name__
+        )
+        raise ValueError(
+            f"centered_clip: center must be a finite floating tensor of shape ({d},), "
+            f"got center with {described}"
+        )
+    _require_clients("centered_clip", n)
+    origin = _coordinate_median(updates) if center is None else center.to(updates.device)
+    gram = _centred_gram(updates, origin)
+    # v = origin + sum_j c_j (x_j - origin), so x_i - v has coefficients e_i - c and the step
+    # sum_i s_i (x_i - v) has coefficients s - (sum_i s_i) c.
+    coefficients = torch.zeros(n, dtype=torch.float64, device=updates.device)
+    for _ in range(iters):
+        distances = _squared_distances_to(gram, coefficients).sqrt()
+        pull = torch.where(distances > tau, tau / distances, 1.0) / n
+        coefficients = coefficients + pull - pull.sum() * coefficients
+    return Aggregate(update=_combine(updates, origin, coefficients), flagged=None)

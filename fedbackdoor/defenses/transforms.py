@@ -1,9 +1,13 @@
 """Pure transforms applied around an aggregation rule: norm clipping and Gaussian noise.
 
-Both defenses are from Sun, Kairouz, Suresh & McMahan (2019), "Can You Really Backdoor
-Federated Learning?", arXiv:1911.07963: clipping every client update to a fixed L2 norm bounds
-how far a (boosted) malicious update can pull the model, and adding a little Gaussian noise to
-the aggregate ("weak differential privacy") further dampens what survives clipping.
+Fixed-norm clipping and noise are from Sun, Kairouz, Suresh & McMahan (2019), "Can You Really
+Backdoor Federated Learning?", arXiv:1911.07963: clipping every client update to a fixed L2 norm
+bounds how far a (boosted) malicious update can pull the model, and adding a little Gaussian
+noise to the aggregate ("weak differential privacy") further dampens what survives clipping.
+
+Adaptive clipping to the round's median norm is from Nguyen et al. (2022), "FLAME: Taming
+Backdoors in Federated Learning", USENIX Security: the bound follows the benign majority as
+update norms shrink over training, with no norm to tune per model and dataset.
 
 Signature convention (so :class:`fedbackdoor.defenses.pipeline.Defense` can chain them):
 
@@ -23,7 +27,7 @@ from numbers import Real
 import torch
 from torch import Tensor
 
-__all__ = ["add_gaussian_noise", "clip_to_norm"]
+__all__ = ["add_gaussian_noise", "clip_to_median_norm", "clip_to_norm"]
 
 
 def _is_real(value: object) -> bool:
@@ -61,15 +65,74 @@ def clip_to_norm(
     del generator
     if not _is_real(max_norm) or not max_norm > 0:
         raise ValueError(f"clip_to_norm: max_norm must be a number > 0, got max_norm={max_norm!r}")
+    _check_stacked("clip_to_norm", updates)
+    return _scale_down_to(updates, _row_norms(updates), max_norm)
+
+
+def clip_to_median_norm(
+    updates: Tensor, *, multiplier: float = 1.0, generator: torch.Generator | None = None
+) -> Tensor:
+    """Clip every update to ``multiplier`` times the round's median norm (Nguyen et al. 2022).
+
+    With ``S`` the median of the row norms (the mean of the middle two for an even ``n``),
+    ``x_i <- x_i / max(1, ||x_i||_2 / (multiplier * S))``: at least half of the updates are left
+    unchanged for ``multiplier >= 1``, and the bound is set by the majority, so a minority of
+    boosted updates cannot raise it. Rows within the bound are returned bit-for-bit unchanged.
+
+    Parameters
+    ----------
+    updates : Tensor
+        Client updates, shape ``[n, d]``, floating point and finite.
+    multiplier : float, default 1.0
+        Factor applied to the median norm, a finite number ``> 0`` (FLAME uses 1).
+    generator : torch.Generator, optional
+        Unused (clipping is deterministic); accepted for the pre-transform signature.
+
+    Returns
+    -------
+    Tensor
+        The clipped updates, shape ``[n, d]``, same dtype as the input (``n = 0``: a copy).
+
+    Raises
+    ------
+    ValueError
+        If ``multiplier`` is not a finite number ``> 0`` or ``updates`` is not a 2-D floating
+        tensor.
+    """
+    del generator
+    if not _is_real(multiplier) or not 0 < multiplier < math.inf:
+        raise ValueError(
+            "clip_to_median_norm: multiplier must be a finite number > 0, "
+            f"got multiplier={multiplier!r}"
+        )
+    _check_stacked("clip_to_median_norm", updates)
+    n = updates.shape[0]
+    if n == 0:
+        return updates.clone()
+    norms = _row_norms(updates)
+    ordered = torch.sort(norms).values
+    middle = n // 2
+    median_norm = ordered[middle] if n % 2 == 1 else (ordered[middle - 1] + ordered[middle]) / 2
+    return _scale_down_to(updates, norms, multiplier * float(median_norm))
+
+
+def _check_stacked(transform: str, updates: Tensor) -> None:
     if updates.dim() != 2 or not updates.is_floating_point():
         raise ValueError(
-            "clip_to_norm: updates must be a 2-D floating tensor [n, d], "
+            f"{transform}: updates must be a 2-D floating tensor [n, d], "
             f"got shape {tuple(updates.shape)} and dtype {updates.dtype}"
         )
+
+
+def _row_norms(updates: Tensor) -> Tensor:
     # float64 norms: squaring large float32 entries would overflow to inf.
-    norms = torch.linalg.vector_norm(updates, dim=1, dtype=torch.float64)
+    return torch.linalg.vector_norm(updates, dim=1, dtype=torch.float64)
+
+
+def _scale_down_to(updates: Tensor, norms: Tensor, bound: float) -> Tensor:
+    """Scale the rows whose norm exceeds ``bound`` down to norm ``bound`` (``0`` zeroes them)."""
     # A factor of exactly 1.0 leaves short rows bit-for-bit unchanged (x * 1.0 == x in IEEE).
-    factors = torch.where(norms > max_norm, max_norm / norms, 1.0).to(updates.dtype)
+    factors = torch.where(norms > bound, bound / norms, 1.0).to(updates.dtype)
     return updates * factors.unsqueeze(1)
 
 

@@ -14,6 +14,9 @@ from torch import Tensor
 from fedbackdoor.defenses.aggregators import (
     Aggregate,
     NotEnoughClients,
+    bulyan,
+    centered_clip,
+    geometric_median,
     krum,
     krum_scores,
     mean,
@@ -28,8 +31,11 @@ RULES: dict[str, Callable[[Tensor, Tensor], Aggregate]] = {
     "trimmed_mean": functools.partial(trimmed_mean, beta=0.2),
     "krum": functools.partial(krum, f=1),
     "multi_krum": functools.partial(krum, f=1, m=3),
+    "geometric_median": geometric_median,
+    "centered_clip": centered_clip,
 }
-ROBUST_RULES = ["median", "trimmed_mean", "krum", "multi_krum"]
+# Bulyan needs n >= 4f + 3, more clients than these shared tests use: see test_bulyan.py.
+ROBUST_RULES = ["median", "trimmed_mean", "krum", "multi_krum", "geometric_median", "centered_clip"]
 
 
 def _random_updates(seed: int, n: int, d: int) -> tuple[Tensor, Tensor]:
@@ -236,6 +242,8 @@ def test_huge_outliers_do_not_move_robust_rules_beyond_the_benign_range(name: st
         "trimmed_mean": functools.partial(trimmed_mean, beta=0.25),  # k = floor(2.25) = 2
         "krum": functools.partial(krum, f=2),
         "multi_krum": functools.partial(krum, f=2, m=5),
+        "geometric_median": geometric_median,
+        "centered_clip": functools.partial(centered_clip, tau=0.01),
     }
 
     # Execute
@@ -332,7 +340,16 @@ def test_krum_raises_not_enough_clients_when_m_exceeds_n() -> None:
 
 
 @pytest.mark.parametrize(
-    "rule", [mean, median, functools.partial(trimmed_mean, beta=0.1)], ids=["mean", "median", "tm"]
+    "rule",
+    [
+        mean,
+        median,
+        functools.partial(trimmed_mean, beta=0.1),
+        functools.partial(bulyan, f=0),
+        geometric_median,
+        centered_clip,
+    ],
+    ids=["mean", "median", "tm", "bulyan", "geomed", "cclip"],
 )
 def test_rules_raise_not_enough_clients_on_zero_updates(rule: Callable[..., Aggregate]) -> None:
     # Prepare
@@ -363,6 +380,13 @@ def test_not_enough_clients_is_a_value_error() -> None:
         (krum, {"f": -1}, r"f=-1"),
         (krum, {"f": 1.5}, r"f=1\.5"),
         (krum, {"f": 1, "m": 0}, r"m=0"),
+        (bulyan, {"f": -1}, r"f=-1"),
+        (geometric_median, {"max_iter": 0}, r"max_iter=0"),
+        (geometric_median, {"eps": 0.0}, r"eps=0\.0"),
+        (geometric_median, {"tol": -1.0}, r"tol=-1\.0"),
+        (centered_clip, {"tau": 0.0}, r"tau=0\.0"),
+        (centered_clip, {"iters": 0}, r"iters=0"),
+        (centered_clip, {"center": torch.zeros(2)}, r"center"),
     ],
 )
 def test_bad_settings_raise_value_error_naming_the_setting(
@@ -377,7 +401,7 @@ def test_bad_settings_raise_value_error_naming_the_setting(
     assert not isinstance(raised.value, NotEnoughClients)
 
 
-@pytest.mark.parametrize("name", list(RULES))
+@pytest.mark.parametrize("name", [*RULES, "bulyan"])
 @pytest.mark.parametrize(
     ("updates", "weights"),
     [
@@ -390,6 +414,10 @@ def test_bad_settings_raise_value_error_naming_the_setting(
     ids=["zero-weight", "negative-weight", "length-mismatch", "1-d", "int-updates"],
 )
 def test_bad_inputs_raise_value_error(name: str, updates: Tensor, weights: Tensor) -> None:
+    # Prepare
+    rule = functools.partial(bulyan, f=0) if name == "bulyan" else RULES[name]
+
     # Execute / Assert
-    with pytest.raises(ValueError):
-        RULES[name](updates, weights)
+    with pytest.raises(ValueError) as raised:
+        rule(updates, weights)
+    assert not isinstance(raised.value, NotEnoughClients)

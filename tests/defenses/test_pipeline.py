@@ -35,7 +35,19 @@ def _compose_defense(name: str, overrides: tuple[str, ...] = ()) -> DictConfig:
 def test_the_expected_defense_configs_exist() -> None:
     # Assert
     names = {path.stem for path in DEFENSE_FILES}
-    assert {"fedavg", "clip", "dp", "median", "trimmed_mean", "krum"} <= names
+    assert {
+        "fedavg",
+        "clip",
+        "dp",
+        "median",
+        "trimmed_mean",
+        "krum",
+        "multikrum",
+        "bulyan",
+        "geomed",
+        "centered_clip",
+        "adaptive_clip",
+    } <= names
 
 
 @pytest.mark.parametrize("path", DEFENSE_FILES, ids=[path.stem for path in DEFENSE_FILES])
@@ -98,6 +110,80 @@ def test_krum_config_flags_the_outlier() -> None:
     # Assert
     assert result.flagged is not None
     assert result.flagged[-1]
+
+
+def test_multikrum_config_averages_the_m_best_scored_updates() -> None:
+    # Prepare: f = 1, m = 5, n = 6 -> n - f - 2 = 3 neighbours
+    cfg = _compose_defense("multikrum")
+    updates = torch.tensor([[0.0], [1.0], [2.5], [3.0], [100.0], [5.5]])
+
+    # Execute
+    result = build_defense(cfg)(updates, torch.ones(6), generator=torch.Generator())
+
+    # Assert: scores 0: 1+6.25+9=16.25  1: 1+2.25+4=7.25  2.5: 0.25+2.25+6.25=8.75
+    # 3: 0.25+4+6.25=10.5  100: 94.5^2+97^2+97.5^2=27845.5  5.5: 6.25+9+20.25=35.5
+    # -> all but 100 averaged: (0 + 1 + 2.5 + 3 + 5.5) / 5 = 12 / 5
+    assert result.flagged is not None
+    assert result.flagged.tolist() == [False, False, False, False, True, False]
+    torch.testing.assert_close(result.update, torch.tensor([12.0 / 5]))
+
+
+def test_bulyan_config_flags_the_outliers() -> None:
+    # Prepare: f = 1 by default, n = 7 = 4f + 3
+    cfg = _compose_defense("bulyan")
+    updates = torch.tensor([[5.0], [20.0], [0.0], [8.0], [1.0], [-10.0], [2.0]])
+
+    # Execute
+    result = build_defense(cfg)(updates, torch.ones(7), generator=torch.Generator())
+
+    # Assert: see test_bulyan_by_hand
+    assert result.flagged is not None
+    assert result.flagged.tolist() == [False, True, False, False, False, True, False]
+    torch.testing.assert_close(result.update, torch.tensor([1.0]))
+
+
+def test_bulyan_config_skips_rounds_with_too_few_clients() -> None:
+    # Prepare: f = 2 needs n >= 11
+    defense = build_defense(_compose_defense("bulyan", ("defense.f=2",)))
+
+    # Execute / Assert
+    with pytest.raises(NotEnoughClients, match="n=7, f=2"):
+        defense(torch.randn(7, 3), torch.ones(7), generator=torch.Generator())
+
+
+def test_adaptive_clip_config_clips_to_the_median_norm_then_averages() -> None:
+    # Prepare
+    cfg = _compose_defense("adaptive_clip")
+    updates = torch.tensor([[3.0, 4.0], [0.0, 1.0], [2.0, 0.0]])
+
+    # Execute
+    result = build_defense(cfg)(updates, torch.tensor([1.0, 1.0, 2.0]), generator=torch.Generator())
+
+    # Assert: median norm 2 -> (3, 4) to (1.2, 1.6) ; FedAvg (1.2 + 0 + 2*2, 1.6 + 1 + 0) / 4
+    torch.testing.assert_close(result.update, torch.tensor([5.2 / 4, 2.6 / 4]))
+    assert result.flagged is None
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "pattern"),
+    [
+        ("geomed", ("defense.eps=0",), r"eps=0"),
+        ("geomed", ("defense.max_iter=0",), r"max_iter=0"),
+        ("centered_clip", ("defense.tau=-1",), r"tau=-1"),
+        ("centered_clip", ("defense.iters=0",), r"iters=0"),
+        ("adaptive_clip", ("defense.multiplier=0",), r"multiplier=0"),
+        ("multikrum", ("defense.m=0",), r"m=0"),
+    ],
+)
+def test_new_config_settings_reach_the_functions(
+    name: str, overrides: tuple[str, ...], pattern: str
+) -> None:
+    # Prepare
+    defense = build_defense(_compose_defense(name, overrides))
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match=pattern):
+        defense(torch.randn(7, 2), torch.ones(7), generator=torch.Generator())
 
 
 def test_dp_config_is_reproducible_with_the_same_seed() -> None:

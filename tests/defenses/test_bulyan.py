@@ -1,0 +1,218 @@
+"""Tests for fedbackdoor.defenses.aggregators.bulyan."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+
+from fedbackdoor.defenses.aggregators import NotEnoughClients, bulyan
+
+
+def _random_updates(seed: int, n: int, d: int) -> tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    updates = torch.randn(n, d, generator=generator)
+    weights = torch.randint(1, 100, (n,), generator=generator).to(torch.float32)
+    return updates, weights
+
+
+def _naive_bulyan(updates: Tensor, f: int) -> tuple[list[int], Tensor]:
+    """Bulyan by loops: Krum recomputed from scratch on the remaining updates every round."""
+    n, d = updates.shape
+    points = updates.double()
+
+    def squared(i: int, j: int) -> float:
+        return float((points[i] - points[j]).square().sum())
+
+    remaining = list(range(n))
+    selected: list[int] = []
+    while len(selected) < n - 2 * f:
+        neighbours = max(len(remaining) - f - 2, 1)
+        keys = {}
+        for i in remaining:
+            to_others = sorted(squared(i, j) for j in remaining if j != i) or [float("inf")]
+            keys[i] = (sum(to_others[:neighbours]), sum(to_others), i)
+        best = min(remaining, key=keys.__getitem__)
+        remaining.remove(best)
+        selected.append(best)
+    kept = n - 4 * f
+    update = torch.empty(d, dtype=torch.float64)
+    for column in range(d):
+        values = sorted(float(points[i, column]) for i in selected)
+        half = len(values) // 2
+        median = values[half] if len(values) % 2 else (values[half - 1] + values[half]) / 2
+        closest = sorted(values, key=lambda value: (abs(value - median), value))[:kept]
+        update[column] = sum(closest) / kept
+    return sorted(selected), update
+
+
+def test_bulyan_by_hand() -> None:
+    # Prepare: 1-D, n = 7, f = 1 -> theta = n - 2f = 5 rounds of Krum, beta = theta - 2f = 3
+    updates = torch.tensor([[5.0], [20.0], [0.0], [8.0], [1.0], [-10.0], [2.0]])
+    weights = torch.tensor([1.0, 9.0, 1.0, 1.0, 1.0, 9.0, 1.0])
+
+    # Execute
+    result = bulyan(updates, weights, f=1)
+
+    # Assert: Krum scores (sum of squared distances to the r - f - 2 nearest remaining ones):
+    #   r=7, 4 neighbours: 2: 1+4+9+36=50  5: 9+9+16+25=59  1: 1+1+16+49=67  0: 1+4+25+64=94
+    #                      8: 9+36+49+64=158  -10: 100+121+144+225=590  20: 144+225+324+361=1054
+    #                      -> select 2
+    #   r=6, 3 neighbours: 5: 9+16+25=50  1: 1+16+49=66  0: 1+25+64=90  8: 9+49+64=122
+    #                      -10: 100+121+225=446  20: 144+225+361=730 -> select 5
+    #   r=5, 2 neighbours: 1: 1+49=50  0: 1+64=65  8: 49+64=113  -10: 100+121=221
+    #                      20: 144+361=505 -> select 1
+    #   r=4, 1 neighbour:  0: 64  8: 64  -10: 100  20: 144 -> tie 0/8, sums to all remaining:
+    #                      0: 64+100+400=564, 8: 64+324+144=532 -> select 8
+    #   r=3, max(0, 1)=1:  0: 100  -10: 100  20: 400 -> tie 0/-10, sums: 0: 100+400=500,
+    #                      -10: 100+900=1000 -> select 0
+    # selected {0, 1, 2, 5, 8}: median 2, the 3 closest are 2, 1, 0 -> (2 + 1 + 0) / 3 = 1
+    # (weights unused)
+    torch.testing.assert_close(result.update, torch.tensor([1.0]))
+    assert result.flagged is not None
+    assert result.flagged.tolist() == [False, True, False, False, False, True, False]
+
+
+def test_bulyan_with_f_zero_is_the_unweighted_mean() -> None:
+    # Prepare
+    updates, weights = _random_updates(seed=2, n=5, d=3)
+
+    # Execute
+    result = bulyan(updates, weights, f=0)
+
+    # Assert: theta = n selected, beta = n kept in every coordinate
+    torch.testing.assert_close(result.update, updates.mean(dim=0))
+    assert result.flagged is not None
+    assert not result.flagged.any()
+
+
+def test_bulyan_keeps_the_values_closest_to_the_median_in_each_coordinate() -> None:
+    # Prepare: f = 1, n = 7 -> the 2 far clients are dropped, then beta = 3 of the 5 selected
+    # values are kept per coordinate
+    updates = torch.tensor(
+        [
+            [0.0, 0.4],
+            [0.1, 0.0],
+            [0.2, 0.1],
+            [0.3, 0.2],
+            [0.4, 0.3],
+            [90.0, 90.0],
+            [-90.0, -90.0],
+        ]
+    )
+
+    # Execute
+    result = bulyan(updates, torch.ones(7), f=1)
+
+    # Assert: column 0: 0, .1, .2, .3, .4 -> median .2, keep .1 .2 .3 -> .2 ;
+    # column 1: .4, 0, .1, .2, .3 -> median .2, keep .1 .2 .3 -> .2
+    torch.testing.assert_close(result.update, torch.tensor([0.2, 0.2]))
+    assert result.flagged is not None
+    assert result.flagged.tolist() == [False] * 5 + [True, True]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    f=st.integers(0, 3),
+    extra=st.integers(0, 5),
+    d=st.integers(1, 8),
+)
+def test_bulyan_matches_a_naive_loop(seed: int, f: int, extra: int, d: int) -> None:
+    # Prepare
+    n = 4 * f + 3 + extra
+    updates, weights = _random_updates(seed, n, d)
+
+    # Execute
+    result = bulyan(updates, weights, f=f)
+    selected, update = _naive_bulyan(updates, f)
+
+    # Assert
+    assert result.flagged is not None
+    assert torch.nonzero(~result.flagged).flatten().tolist() == selected
+    torch.testing.assert_close(result.update, update.float(), rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    f=st.integers(0, 3),
+    extra=st.integers(0, 5),
+    d=st.integers(1, 16),
+    data=st.data(),
+)
+def test_bulyan_permutation_invariance(
+    seed: int, f: int, extra: int, d: int, data: st.DataObject
+) -> None:
+    # Prepare
+    n = 4 * f + 3 + extra
+    updates, weights = _random_updates(seed, n, d)
+    permutation = torch.tensor(data.draw(st.permutations(range(n))))
+
+    # Execute
+    original = bulyan(updates, weights, f=f)
+    permuted = bulyan(updates[permutation], weights[permutation], f=f)
+
+    # Assert
+    torch.testing.assert_close(permuted.update, original.update, rtol=1e-5, atol=1e-6)
+    assert original.flagged is not None and permuted.flagged is not None
+    assert torch.equal(permuted.flagged, original.flagged[permutation])
+    assert int(original.flagged.sum()) == 2 * f
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), f=st.integers(0, 3), d=st.integers(1, 16))
+def test_bulyan_of_identical_updates_is_that_update(seed: int, f: int, d: int) -> None:
+    # Prepare
+    row, _ = _random_updates(seed, 1, d)
+    n = 4 * f + 3
+    updates = row.expand(n, d).clone()
+
+    # Execute
+    result = bulyan(updates, torch.ones(n), f=f)
+
+    # Assert
+    torch.testing.assert_close(result.update, row[0])
+
+
+@pytest.mark.parametrize("f", [1, 2, 3])
+def test_bulyan_ignores_f_huge_outliers(f: int) -> None:
+    # Prepare: n = 4f + 3 clients, f of them send 1e6 (or -1e6) in every coordinate
+    n = 4 * f + 3
+    generator = torch.Generator().manual_seed(f)
+    benign = torch.randn(n - f, 10, generator=generator)
+    signs = torch.tensor([1.0, -1.0, 1.0])[:f].unsqueeze(1)
+    outliers = 1e6 * signs * torch.ones(f, 10)
+    updates = torch.cat([outliers[:1], benign, outliers[1:]])  # attackers not all at the end
+
+    # Execute
+    result = bulyan(updates, torch.ones(n), f=f)
+
+    # Assert
+    low, high = benign.min(dim=0).values, benign.max(dim=0).values
+    assert torch.all((result.update >= low) & (result.update <= high))
+    assert result.flagged is not None
+    assert result.flagged[0] and result.flagged[n - f + 1 :].all()
+
+
+@pytest.mark.parametrize(("f", "n"), [(f, n) for f in range(4) for n in range(4 * f + 3)])
+def test_bulyan_raises_not_enough_clients_below_4f_plus_3(f: int, n: int) -> None:
+    # Prepare
+    updates, weights = _random_updates(0, n, 3)
+
+    # Execute / Assert
+    with pytest.raises(NotEnoughClients, match=rf"n={n}, f={f}"):
+        bulyan(updates, weights, f=f)
+
+
+@pytest.mark.parametrize(("f", "pattern"), [(-1, r"f=-1"), (1.5, r"f=1\.5"), (True, r"f=True")])
+def test_bulyan_rejects_bad_f(f: float, pattern: str) -> None:
+    # Prepare
+    updates, weights = _random_updates(0, 11, 3)
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match=pattern) as raised:
+        bulyan(updates, weights, f=f)  # type: ignore[arg-type]
+    assert not isinstance(raised.value, NotEnoughClients)
