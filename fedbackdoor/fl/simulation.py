@@ -12,7 +12,9 @@ object). We start Ray ourselves so that
   and only workers of the job's default environment can become Flower's actors at once (any
   ``runtime_env`` makes Ray start fresh workers, which costs seconds). The server's warm-up
   message (:mod:`fedbackdoor.fl.server_app`) then loads torch, data and model in the actors
-  while the server evaluates the initial model.
+  while the server evaluates the initial model. (Ray's ``preload_python_modules`` took about a
+  second more off the start but made every round slower: torch, imported before the actor's
+  thread settings, kept more threads than the client's cores.)
 """
 
 from __future__ import annotations
@@ -47,10 +49,6 @@ def backend_config(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-#: Imported by every Ray worker of a local cluster as it starts, before it takes work.
-PRELOAD_MODULES = ("torch", "flwr.simulation.ray_transport.ray_actor", "fedbackdoor.fl.client_app")
-
-
 def init_ray(cfg: DictConfig) -> None:
     """Start (or join) Ray with settings that keep start-up short."""
     import ray
@@ -62,17 +60,15 @@ def init_ray(cfg: DictConfig) -> None:
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "logging_level": logging.WARNING,
-        "log_to_driver": True,
+        # Ray's log monitor tails every worker's output: a few per cent of a 2-core machine.
+        # Client failures still reach the server as error replies and are logged there.
+        "log_to_driver": bool(cfg.backend.get("verbose", False)),
         "configure_logging": True,
     }
     if address is None:
         kwargs["address"] = "local"
         if cfg.backend.get("num_cpus") is not None:
             kwargs["num_cpus"] = int(cfg.backend.num_cpus)
-        # Ray prestarts one idle worker per core; these become Flower's actors. Importing torch,
-        # Flower's actor and our ClientApp there while the driver is still setting up takes
-        # seconds off the first round.
-        kwargs["_system_config"] = {"preload_python_modules": list(PRELOAD_MODULES)}
     else:
         kwargs["address"] = str(address)
     ray.init(**kwargs)
