@@ -176,4 +176,6 @@ def client_update(
         device=device,
     )
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if spec.malicious and cfg.attack.get("corrupt") is not None:
+        state = instantiate(cfg.attack.corrupt)(state)  # broken weights: see attacks.corrupt
     return state, result

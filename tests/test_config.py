@@ -37,8 +37,19 @@ def test_default_config_composes_and_is_valid() -> None:
                 "minmax",
                 "minsum",
             ],
-            "defense": ["fedavg", "clip", "adaptive_clip", "dp", "median", "trimmed_mean", "krum",
-                    "multikrum", "bulyan", "geomed", "centered_clip"],
+            "defense": [
+                "fedavg",
+                "clip",
+                "adaptive_clip",
+                "dp",
+                "median",
+                "trimmed_mean",
+                "krum",
+                "multikrum",
+                "bulyan",
+                "geomed",
+                "centered_clip",
+            ],
         }.items()
         for o in opts
     ],

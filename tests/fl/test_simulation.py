@@ -129,3 +129,29 @@ def test_fashion_mnist_from_the_debian_package_trains(tmp_path: Path, data_cache
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert metrics["main_acc"].iloc[0] < 0.2  # an untrained 10-class model
     assert metrics["main_acc"].iloc[-1] > 0.6
+
+
+@pytest.mark.parametrize("kind", ["nan", "shape"])
+def test_corrupt_updates_are_rejected_and_the_run_goes_on(
+    kind: str, tmp_path: Path, data_cache: str
+) -> None:
+    cfg = compose_config(
+        [
+            "dataset=synthetic",
+            "num_clients=6",
+            "clients_per_round=3",
+            "num_rounds=3",
+            "attack=corrupt",
+            f"attack.corruption={kind}",
+            "attack.fraction=0.34",
+            "attack.per_round=1",
+        ]
+    )
+
+    run_simulation(cfg, tmp_path)
+
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    rounds = metrics[metrics["round"] > 0]
+    assert (rounds["n_rejected"] == 1).all()
+    assert (rounds["n_clients"] == 2).all() and (rounds["n_malicious"] == 0).all()
+    assert metrics["main_acc"].iloc[-1] > metrics["main_acc"].iloc[0]
