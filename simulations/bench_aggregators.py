@@ -1,0 +1,140 @@
+"""How fast is each aggregation rule, and how does it compare with Flower's own strategies?
+
+For n = 10, 50, 100 clients and a model of about 1.2M parameters, in one process:
+
+* ``rule``: the pure function on the stacked updates (``fedbackdoor.defenses``);
+* ``ours``: the whole server step of :class:`~fedbackdoor.fl.strategy.DefenseStrategy`
+  (decode the replies, validate, aggregate, re-encode);
+* ``flower``: the same replies through Flower's strategy with the same rule
+  (``FedMedian``, ``FedTrimmedAvg``, ``Krum``, ``MultiKrum``, ``Bulyan``), where there is one;
+
+and prints seconds (best of ``--repeat``) and the ratio flower / ours.
+
+    .venv/bin/python simulations/bench_aggregators.py [--sizes 10 50 100] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import Bulyan, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedbackdoor.attacks.updates import identity
+from fedbackdoor.defenses import aggregators as agg
+from fedbackdoor.defenses import transforms
+from fedbackdoor.defenses.pipeline import Defense
+from fedbackdoor.fl.arrays import to_record
+from fedbackdoor.fl.strategy import DefenseStrategy
+from fedbackdoor.seeding import make_generator
+
+# 12 tensors of 100k floats: a 1.2M-parameter model.
+SHAPES = [(100, 1000)] * 12
+
+
+def rules(n: int) -> dict[str, tuple[Defense, Callable[[], Any] | None]]:
+    f = max(1, (n - 3) // 4)  # Bulyan's largest f for n (n >= 4f + 3)
+    return {
+        "fedavg": (Defense(rule=agg.mean), None),
+        "clip": (
+            Defense(rule=agg.mean, pre=(partial(transforms.clip_to_norm, max_norm=1.0),)),
+            None,
+        ),
+        "adaptive_clip": (Defense(rule=agg.mean, pre=(transforms.clip_to_median_norm,)), None),
+        "median": (Defense(rule=agg.median), FedMedian),
+        "trimmed_mean": (
+            Defense(rule=partial(agg.trimmed_mean, beta=0.1)),
+            partial(FedTrimmedAvg, beta=0.1),
+        ),
+        "krum": (Defense(rule=partial(agg.krum, f=f)), partial(Krum, num_malicious_nodes=f)),
+        "multikrum": (
+            Defense(rule=partial(agg.krum, f=f, m=n - f)),
+            partial(MultiKrum, num_malicious_nodes=f, num_nodes_to_select=n - f),
+        ),
+        "bulyan": (Defense(rule=partial(agg.bulyan, f=f)), partial(Bulyan, num_malicious_nodes=f)),
+        "geomed": (Defense(rule=agg.geometric_median), None),
+        "centered_clip": (Defense(rule=agg.centered_clip), None),
+    }
+
+
+def best_of(repeat: int, fn: Callable[[], Any]) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50, 100])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    torch.set_num_threads(2)
+    gen = torch.Generator().manual_seed(0)
+    global_state = {f"layer{i}": torch.randn(s, generator=gen) for i, s in enumerate(SHAPES)}
+    dim = sum(int(np.prod(s)) for s in SHAPES)
+    print(f"model: {dim / 1e6:.2f}M parameters; seconds are the best of {args.repeat}")
+    print(f"{'rule':<14}{'n':>4}{'rule s':>9}{'ours s':>9}{'flower s':>10}{'flower/ours':>13}")
+    for n in args.sizes:
+        updates = 0.01 * torch.randn(n, dim, generator=gen)
+        weights = torch.full((n,), 100.0)
+        strategy_args = dict(
+            cfg_yaml="{}",
+            partitions=[np.arange(1)] * n,
+            malicious_set=frozenset(),
+            clients_per_round=n,
+            per_round=None,
+            update_attack=identity,
+            server_lr=1.0,
+            sample_generator=make_generator(0, "s"),
+            attack_generator=make_generator(0, "a"),
+            defense_generator=make_generator(0, "d"),
+        )
+        grid = type("Grid", (), {"get_node_ids": staticmethod(lambda: list(range(1, n + 1)))})()
+        for name, (defense, flower_cls) in rules(n).items():
+            rule_s = best_of(args.repeat, lambda d=defense: d(updates, weights, generator=gen))
+            strategy = DefenseStrategy(defense=defense, **strategy_args)  # type: ignore[arg-type]
+            msgs = list(strategy.configure_train(1, to_record(global_state), ConfigRecord(), grid))
+            replies = []
+            for msg in msgs:
+                part = int(msg.content.config_records["config"]["partition-id"])  # type: ignore[arg-type]
+                offset = 0
+                state = {}
+                for key, value in global_state.items():
+                    size = value.numel()
+                    state[key] = value + updates[part, offset : offset + size].view(value.shape)
+                    offset += size
+                replies.append(
+                    Message(
+                        RecordDict(
+                            {
+                                "arrays": to_record(state),
+                                "config": ConfigRecord({"partition-id": part, "num-examples": 100}),
+                                "metrics": MetricRecord({"num-examples": 100}),
+                            }
+                        ),
+                        reply_to=msg,
+                    )
+                )
+            ours_s = best_of(args.repeat, lambda s=strategy, r=replies: s.aggregate_train(1, r))
+            flower = ""
+            if flower_cls is not None:
+                theirs = flower_cls()
+                flower_s = best_of(args.repeat, lambda t=theirs, r=replies: t.aggregate_train(1, r))
+                flower = f"{flower_s:>10.2f}{flower_s / ours_s:>13.2f}"
+            print(f"{name:<14}{n:>4}{rule_s:>9.2f}{ours_s:>9.2f}{flower}", flush=True)
+            del replies, msgs
+
+
+if __name__ == "__main__":
+    main()
