@@ -100,9 +100,13 @@ def main() -> None:
             attack_generator=make_generator(0, "a"),
             defense_generator=make_generator(0, "d"),
         )
-        grid = type("Grid", (), {"get_node_ids": staticmethod(lambda: list(range(1, n + 1)))})()
+        nodes = list(range(1, n + 1))
+        grid = type("Grid", (), {"get_node_ids": staticmethod(lambda nodes=nodes: nodes)})()
         for name, (defense, flower_cls) in rules(n).items():
-            rule_s = best_of(args.repeat, lambda d=defense: d(updates, weights, generator=gen))
+            rule_s = best_of(
+                args.repeat,
+                lambda d=defense, u=updates, w=weights: d(u, w, generator=gen),  # type: ignore[misc]
+            )
             strategy = DefenseStrategy(defense=defense, **strategy_args)  # type: ignore[arg-type]
             msgs = list(strategy.configure_train(1, to_record(global_state), ConfigRecord(), grid))
             replies = []
