@@ -64,11 +64,14 @@ def rules(n: int) -> dict[str, tuple[Defense, Callable[[], Any] | None]]:
     }
 
 
-def best_of(repeat: int, fn: Callable[[], Any]) -> float:
+def best_of(repeat: int, fn: Callable[..., Any], setup: Callable[[], Any] = lambda: ()) -> float:
+    """Best time of ``fn(*setup())``; ``setup`` runs untimed before every call (Flower's
+    strategies consume the arrays of the replies they aggregate, so each call needs fresh ones)."""
     times = []
     for _ in range(repeat):
+        args = setup()
         start = time.perf_counter()
-        fn()
+        fn(*args)
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -109,35 +112,39 @@ def main() -> None:
             )
             strategy = DefenseStrategy(defense=defense, **strategy_args)  # type: ignore[arg-type]
             msgs = list(strategy.configure_train(1, to_record(global_state), ConfigRecord(), grid))
-            replies = []
-            for msg in msgs:
-                part = int(msg.content.config_records["config"]["partition-id"])  # type: ignore[arg-type]
-                offset = 0
-                state = {}
-                for key, value in global_state.items():
-                    size = value.numel()
-                    state[key] = value + updates[part, offset : offset + size].view(value.shape)
-                    offset += size
-                replies.append(
-                    Message(
-                        RecordDict(
-                            {
-                                "arrays": to_record(state),
-                                "config": ConfigRecord({"partition-id": part, "num-examples": 100}),
-                                "metrics": MetricRecord({"num-examples": 100}),
-                            }
-                        ),
-                        reply_to=msg,
+
+            def make_replies(msgs: list[Message] = msgs, u: torch.Tensor = updates) -> tuple:
+                replies = []
+                for msg in msgs:
+                    cfg = msg.content.config_records["config"]
+                    part = int(cfg["partition-id"])  # type: ignore[arg-type]
+                    flat = u[part]
+                    state, offset = {}, 0
+                    for key, value in global_state.items():
+                        size = value.numel()
+                        state[key] = value + flat[offset : offset + size].view(value.shape)
+                        offset += size
+                    content = RecordDict(
+                        {
+                            "arrays": to_record(state),
+                            "config": ConfigRecord({"partition-id": part, "num-examples": 100}),
+                            "metrics": MetricRecord({"num-examples": 100}),
+                        }
                     )
-                )
-            ours_s = best_of(args.repeat, lambda s=strategy, r=replies: s.aggregate_train(1, r))
+                    replies.append(Message(content, reply_to=msg))
+                return (replies,)
+
+            ours_s = best_of(
+                args.repeat, lambda r, s=strategy: s.aggregate_train(1, r), make_replies
+            )
             flower = ""
             if flower_cls is not None:
                 theirs = flower_cls()
-                flower_s = best_of(args.repeat, lambda t=theirs, r=replies: t.aggregate_train(1, r))
+                flower_s = best_of(
+                    args.repeat, lambda r, t=theirs: t.aggregate_train(1, r), make_replies
+                )
                 flower = f"{flower_s:>10.2f}{flower_s / ours_s:>13.2f}"
             print(f"{name:<14}{n:>4}{rule_s:>9.2f}{ours_s:>9.2f}{flower}", flush=True)
-            del replies, msgs
 
 
 if __name__ == "__main__":
