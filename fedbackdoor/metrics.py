@@ -15,14 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from fedbackdoor.attacks.poison import backdoor_testset
-from fedbackdoor.attacks.triggers import Trigger
 from fedbackdoor.training import evaluate
 
 
 @dataclass(frozen=True)
 class Evaluator:
-    """The server's per-round evaluation: clean test set and its triggered copy, built once."""
+    """The server's per-round evaluation: the clean test set and the attack's backdoor test set
+    (built once, by :func:`fedbackdoor.experiment.build_evaluator`)."""
 
     x_test: Tensor
     y_test: Tensor
@@ -30,20 +29,6 @@ class Evaluator:
     y_backdoor: Tensor
     batch_size: int = 256
     device: torch.device | str = "cpu"
-
-    @classmethod
-    def build(
-        cls,
-        x_test: Tensor,
-        y_test: Tensor,
-        *,
-        trigger: Trigger,
-        target_label: int,
-        batch_size: int = 256,
-        device: torch.device | str = "cpu",
-    ) -> Evaluator:
-        x_bd, y_bd = backdoor_testset(x_test, y_test, trigger=trigger, target_label=target_label)
-        return cls(x_test, y_test, x_bd, y_bd, batch_size, device)
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
         """``main_acc``, ``main_loss`` and ``backdoor_acc`` of ``model`` (fractions in [0, 1])."""

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from fedbackdoor.attacks.poison import backdoor_testset
 from fedbackdoor.attacks.triggers import square
 from fedbackdoor.metrics import Evaluator, detection
 
@@ -33,7 +34,8 @@ def _evaluator() -> Evaluator:
     x = torch.full((6, 1, 8, 8), 0.5)
     y = torch.tensor([0, 0, 1, 2, 2, 0])
     trigger = square(image_size=(8, 8), size=2, location="bottom_right")
-    return Evaluator.build(x, y, trigger=trigger, target_label=2, batch_size=4)
+    x_bd, y_bd = backdoor_testset(x, y, trigger=trigger, target_label=2)
+    return Evaluator(x, y, x_bd, y_bd, batch_size=4)
 
 
 def test_backdoor_accuracy_leaves_out_inputs_of_the_target_class() -> None:
