@@ -13,6 +13,7 @@ For n = 10, 50, 100 clients and a model of about 1.2M parameters, in one process
 and prints seconds (best of ``--repeat``) and the ratio flower / ours.
 
     .venv/bin/python simulations/bench_aggregators.py [--sizes 10 50 100] [--repeat 3]
+        [--rules krum median ...]
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ from fedbackdoor.seeding import make_generator
 SHAPES = [(100, 1000)] * 12
 
 
-def rules(n: int) -> dict[str, tuple[Defense, Callable[[], Any] | None]]:
-    """Every ``conf/defense`` option, built from its config, with Flower's equivalent."""
+def rules(
+    n: int, only: list[str] | None = None
+) -> dict[str, tuple[Defense, Callable[[], Any] | None]]:
+    """Every ``conf/defense`` option (or those in ``only``), built from its config, with
+    Flower's equivalent."""
     f = max(1, (n - 3) // 4)  # Bulyan's largest f for n (n >= 4f + 3)
     settings = {  # n-dependent settings; everything else is the config's default
         "krum": [f"defense.f={f}"],
@@ -59,6 +63,11 @@ def rules(n: int) -> dict[str, tuple[Defense, Callable[[], Any] | None]]:
         "bulyan": partial(Bulyan, num_malicious_nodes=f),
     }
     names = sorted(p.stem for p in (CONF_DIR / "defense").glob("*.yaml"))
+    if only:
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise SystemExit(f"unknown --rules {unknown}; conf/defense has {names}")
+        names = [name for name in names if name in only]
     return {
         name: (
             build_defense(compose_config([f"defense={name}", *settings.get(name, [])]).defense),
@@ -84,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rules", nargs="+", help="only these conf/defense options")
     args = parser.parse_args()
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
     logging.getLogger("flwr").setLevel(logging.WARNING)  # Flower's per-call INFO lines
@@ -117,7 +127,7 @@ def main() -> None:
             pieces = flat.split([v.numel() for v in state.values()])
             return {k: p.view(v.shape) for (k, v), p in zip(state.items(), pieces, strict=True)}
 
-        for name, (defense, flower_cls) in rules(n).items():
+        for name, (defense, flower_cls) in rules(n, args.rules).items():
             context = {"reference": reference} if name == "fltrust" else {}
             rule_s = best_of(
                 args.repeat,

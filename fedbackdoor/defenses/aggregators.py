@@ -291,11 +291,55 @@ def _squared_distances_to(gram: Tensor, coefficients: Tensor) -> Tensor:
     return (gram.diagonal() - 2 * projected + coefficients @ projected).clamp_min(0)
 
 
+def _gram_in_blocks(updates: Tensor, origin: Tensor) -> Tensor:
+    """Gram matrix of the ``x_i - origin``: float32 products of column blocks (BLAS's fastest
+    path, and no float64 copy of the updates), summed over the blocks in float64."""
+    n = updates.shape[0]
+    gram = torch.zeros(n, n, dtype=torch.float64, device=updates.device)
+    for start in range(0, updates.shape[1], _BLOCK_COLUMNS):
+        columns = slice(start, start + _BLOCK_COLUMNS)
+        block = updates[:, columns] - origin[columns]
+        gram += (block @ block.T).to(torch.float64)
+    return (gram + gram.T) / 2
+
+
+def _distances_from_gram(gram: Tensor) -> Tensor:
+    norms = gram.diagonal()
+    distances = (norms.unsqueeze(0) + norms.unsqueeze(1) - 2 * gram).clamp_min_(0)
+    return distances.fill_diagonal_(0)
+
+
+def _medoid(distances: Tensor) -> int:
+    """The row with the smallest sum of squared distances to its ``ceil(n / 2)`` nearest rows
+    (itself included): a member of the majority, whatever the other rows hold."""
+    nearest = max(1, (distances.shape[0] + 1) // 2)
+    sums = torch.topk(distances, k=nearest, dim=1, largest=False).values.sum(dim=1)
+    return int(torch.argmin(sums))
+
+
+# Columns of the sketch that picks the centre of the distance computation.
+_SKETCH_COLUMNS = 8192
+
+
 def pairwise_squared_distances(updates: Tensor) -> Tensor:
     """Squared Euclidean distances between all pairs of updates.
 
     Computed as ``||a_i||^2 + ||a_j||^2 - 2 <a_i, a_j>`` from the Gram matrix of the updates
-    centred at their coordinate-wise median, ``a_i = x_i - median``, accumulated in float64.
+    centred at one of them, ``a_i = x_i - x_c``, with ``x_c`` a member of the majority
+    (a medoid, see below). Each block of ``8192`` columns is multiplied in the updates'
+    precision and the blocks are summed in float64.
+
+    Why centred: uncentred, the form cancels to zero when two updates are close relative to
+    their norms (e.g. a shared large offset), exactly where Krum has to tell clients apart;
+    centred, the rounding scales with ``||x_i - x_c||^2`` instead, the spread of the majority
+    whatever the offset and the outliers. The centre is the medoid of a sketch (every
+    ``ceil(d / 8192)``-th coordinate, centred at its coordinate-wise median), and if the
+    medoid of the full distances lies more than four typical distances away from it, the
+    Gram matrix is computed once more around that one (a sparse outlier the sketch missed).
+    Centring at an update rather than at the coordinate-wise median saves sorting the
+    ``[n, d]`` updates (0.6 s for ``n = 100``, ``d = 1.2M`` on two cores); float32 blocks
+    halve the products' time, and unlike the direct form of ``torch.cdist`` (6 s there) it
+    runs on BLAS.
 
     Parameters
     ----------
@@ -308,18 +352,18 @@ def pairwise_squared_distances(updates: Tensor) -> Tensor:
         Float64 matrix ``D`` of shape ``[n, n]`` with ``D[i, j] = ||x_i - x_j||^2``, exactly
         symmetric with a zero diagonal.
     """
-    # Uncentred, this form cancels to zero when two updates are close relative to their norms
-    # (e.g. a shared large offset), which is exactly where Krum has to tell clients apart.
-    # Centred at the median and in float64 its rounding scales with the spread of the majority
-    # of updates instead, whatever the offset or the outliers; and unlike the direct form of
-    # torch.cdist (6 s for n=100, d=1.2M on two cores) it runs on BLAS (0.6 s with the median).
-    n = updates.shape[0]
+    n, d = updates.shape
     if n == 0:
         return torch.zeros(0, 0, dtype=torch.float64, device=updates.device)
-    gram = _centred_gram(updates, _coordinate_median(updates))
-    norms = gram.diagonal()
-    distances = (norms.unsqueeze(0) + norms.unsqueeze(1) - 2 * gram).clamp_min_(0)
-    return distances.fill_diagonal_(0)
+    sketch = updates[:, :: max(1, -(-d // _SKETCH_COLUMNS))].to(torch.float64)
+    centre = _medoid(_distances_from_gram(_centred_gram(sketch, _coordinate_median(sketch))))
+    distances = _distances_from_gram(_gram_in_blocks(updates, updates[centre]))
+    medoid = _medoid(distances)
+    if medoid != centre:
+        typical = distances[medoid].median()
+        if distances[centre, medoid] > 4 * typical:
+            distances = _distances_from_gram(_gram_in_blocks(updates, updates[medoid]))
+    return distances
 
 
 def _sum_of_nearest(distances: Tensor, neighbours: int) -> Tensor:

@@ -320,6 +320,25 @@ def test_pairwise_squared_distances_do_not_cancel_under_a_large_common_offset() 
     assert distances[0, 1].item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_pairwise_distances_stay_exact_beside_a_sparse_outlier_the_sketch_misses() -> None:
+    # Prepare: d = 3 * 8192, so the sketch that picks the centre reads every 3rd coordinate.
+    # Row 0 is the most central row there (zeros) but holds 1e4 in coordinate 1, which the
+    # sketch skips; float32 products centred at row 0 would bury the benign distances (~5)
+    # under rounding of ~1e8 * 1e-7.
+    gen = torch.Generator().manual_seed(3)
+    d = 3 * 8192
+    updates = 0.01 * torch.randn(7, d, generator=gen)
+    updates[0, ::3] = 0.0
+    updates[0, 1] = 1e4
+    naive = torch.cdist(updates.double(), updates.double()).square()
+
+    # Execute
+    distances = pairwise_squared_distances(updates)
+
+    # Assert
+    torch.testing.assert_close(distances, naive, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(("f", "n"), [(f, n) for f in range(4) for n in range(2 * f + 3)])
 def test_krum_raises_not_enough_clients_when_n_at_most_2f_plus_2(f: int, n: int) -> None:
     # Prepare

@@ -467,6 +467,22 @@ def test_validate_stacked_rejects_non_finite_rows_and_keeps_the_order() -> None:
     assert rejected == [1, 3] and all("1 non-finite" in r for r in reasons)
 
 
+def test_validate_stacked_keeps_finite_rows_whose_sum_overflows() -> None:
+    from fedbackdoor.defenses.pipeline import validate_stacked
+
+    # Prepare: row 0's values are finite but add up to inf in float32; row 1's inf and -inf
+    # add up to nan; row 2 is plain
+    big = torch.finfo(torch.float32).max
+    updates = torch.tensor([[big, big], [float("inf"), float("-inf")], [1.0, 2.0]])
+
+    # Execute
+    valid, rejected, reasons = validate_stacked(updates, 2)
+
+    # Assert
+    assert valid.tolist() == [[big, big], [1.0, 2.0]]
+    assert rejected == [1] and reasons == ["2 non-finite values (nan/inf)"]
+
+
 def test_validate_stacked_returns_valid_updates_without_a_copy() -> None:
     from fedbackdoor.defenses.pipeline import validate_stacked
 
