@@ -31,9 +31,12 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from fedbackdoor.attacks.updates import identity
 from fedbackdoor.config import validate
 from fedbackdoor.data.datasets import ImageData
 from fedbackdoor.experiment import (
@@ -47,7 +50,7 @@ from fedbackdoor.experiment import (
     build_update_attack,
 )
 from fedbackdoor.fl.arrays import to_record, to_state_dict
-from fedbackdoor.fl.strategy import DefenseStrategy, RoundReport, wait_for_nodes
+from fedbackdoor.fl.strategy import AttackFirst, DefenseStrategy, RoundReport, wait_for_nodes
 from fedbackdoor.metrics import Evaluator
 from fedbackdoor.plots import plot_run
 from fedbackdoor.results import MetricsWriter, detection_totals, load_metrics, write_run_status
@@ -233,6 +236,8 @@ def run_server(
             raise ValueError("the prepared server world was built for another config")
         warm_up = WarmUp(grid, cfg_yaml, int(cfg.clients_per_round), min_nodes)
     model, evaluator = world.model, world.evaluator
+    update_attack = build_update_attack(cfg)
+    wrapper = cfg.defense.get("wrapper")
     strategy = DefenseStrategy(
         cfg_yaml=cfg_yaml,
         partitions=world.partitions,
@@ -243,7 +248,8 @@ def run_server(
         ),
         clients_per_round=int(cfg.clients_per_round),
         per_round=cfg.attack.get("per_round"),
-        update_attack=build_update_attack(cfg),
+        # Under a Flower wrapper the attack runs outside it (AttackFirst), not in here.
+        update_attack=update_attack if wrapper is None else identity,
         defense=build_defense_pipeline(cfg),
         server_lr=float(cfg.server_lr),
         sample_generator=make_generator(seed, "sample"),
@@ -254,6 +260,9 @@ def run_server(
         root_update=build_root_update(cfg, world.data),
         keep_history=bool(cfg.defense.get("history", False)),
     )
+    outer: Strategy = strategy
+    if wrapper is not None:
+        outer = AttackFirst(wrap_strategy(wrapper, strategy), strategy, update_attack, seed)
     writer = MetricsWriter(run_dir / "metrics.csv", extra_columns=evaluator.columns)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -284,7 +293,7 @@ def run_server(
 
     initial = to_record(model.state_dict())
     try:
-        result = strategy.start(
+        result = outer.start(
             grid=grid, initial_arrays=initial, num_rounds=num_rounds, evaluate_fn=evaluate_fn
         )
         # The final global model, for model-level defenses and inspection.
@@ -308,6 +317,18 @@ def run_server(
         if len(metrics):
             plot_run(metrics, run_dir / "accuracy.png", title=describe(cfg))
     return writer.path
+
+
+def wrap_strategy(node: DictConfig, strategy: Strategy) -> Strategy:
+    """Flower's strategy wrapper configured by ``defense.wrapper`` (a ``_partial_`` node, e.g.
+    ``DifferentialPrivacyServerSideFixedClipping``) around ``strategy``; a setting the wrapper
+    refuses stops the run with a message naming ``defense.wrapper``."""
+    target = str(node.get("_target_", "?"))
+    try:
+        build = instantiate(node)
+        return build(strategy)  # type: ignore[no-any-return]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"defense.wrapper ({target}): {exc}") from exc
 
 
 app = ServerApp()

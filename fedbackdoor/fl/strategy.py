@@ -33,6 +33,7 @@ from fedbackdoor.defenses.pipeline import Defense, validate_stacked
 from fedbackdoor.fl.arrays import Layout, LayoutMismatch, flatten_record, to_record, to_state_dict
 from fedbackdoor.metrics import Detection, detection
 from fedbackdoor.sampling import AttackSchedule, RoundSample, sample_round
+from fedbackdoor.seeding import seeded_numpy_global
 
 UpdateAttack = Callable[..., Tensor]
 
@@ -198,40 +199,7 @@ class DefenseStrategy(Strategy):
         report, layout, global_flat = self.report, self._layout, self._global
         sample_malicious = dict(zip(report.sample.partitions, report.sample.malicious, strict=True))
 
-        # Decode every reply straight into a row of one preallocated buffer (the updates of a
-        # round can be hundreds of MB: no intermediate copies); a broken one is rejected.
-        # Replies arrive in any order; aggregation must not depend on it: sort by partition.
-        entries: list[tuple[int, float, Message]] = []
-        for msg in replies:
-            if msg.has_error():
-                report.rejected.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
-                continue
-            try:
-                cfg = msg.content.config_records["config"]
-                partition = int(cfg["partition-id"])  # type: ignore[arg-type]
-                weight = float(cfg["num-examples"])  # type: ignore[arg-type]
-                if partition not in sample_malicious or not weight > 0:
-                    raise LayoutMismatch(f"partition {partition} / num-examples {weight}")
-            except (KeyError, TypeError, ValueError) as exc:
-                report.rejected.append(f"node {msg.metadata.src_node_id}: {exc}")
-                continue
-            entries.append((partition, weight, msg))
-        entries.sort(key=lambda entry: entry[0])
-        # Decode each reply straight into a row of one buffer: a round's updates can be
-        # hundreds of MB, so no per-reply vectors, no stacking copy.
-        buffer = torch.empty((len(entries), layout.dim), dtype=torch.float32)
-        decoded: list[tuple[int, float]] = []  # (partition, weight) of buffer row i
-        for partition, weight, msg in entries:
-            try:
-                record = msg.content.array_records["arrays"]
-                flatten_record(record, layout, out=buffer[len(decoded)])
-            except (KeyError, TypeError, ValueError) as exc:
-                report.rejected.append(f"partition {partition}: {exc}")
-                continue
-            decoded.append((partition, weight))
-        updates = buffer[: len(decoded)]
-        updates.sub_(global_flat)
-
+        decoded, updates = self._decode(replies)
         partitions = [p for p, _ in decoded]
         malicious = torch.tensor([sample_malicious[p] for p in partitions], dtype=torch.bool)
         if malicious.any():
@@ -285,7 +253,162 @@ class DefenseStrategy(Strategy):
         log(WARNING, "round %d: global model kept (%s)", server_round, report.kept_previous)
         return None, None
 
+    def _decode(self, replies: Iterable[Message]) -> tuple[list[tuple[int, float]], Tensor]:
+        """The round's replies as ``(partition, weight)`` pairs, sorted by partition, and the
+        matching ``[n, d]`` updates (reply minus global model); broken replies are rejected
+        into the round's report."""
+        assert self.report is not None and self._global is not None and self._layout is not None
+        report, layout = self.report, self._layout
+        sample_malicious = dict(zip(report.sample.partitions, report.sample.malicious, strict=True))
+        # Replies arrive in any order; aggregation must not depend on it: sort by partition.
+        entries: list[tuple[int, float, Message]] = []
+        for msg in replies:
+            if msg.has_error():
+                report.rejected.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
+                continue
+            try:
+                cfg = msg.content.config_records["config"]
+                partition = int(cfg["partition-id"])  # type: ignore[arg-type]
+                weight = float(cfg["num-examples"])  # type: ignore[arg-type]
+                if partition not in sample_malicious or not weight > 0:
+                    raise LayoutMismatch(f"partition {partition} / num-examples {weight}")
+            except (KeyError, TypeError, ValueError) as exc:
+                report.rejected.append(f"node {msg.metadata.src_node_id}: {exc}")
+                continue
+            entries.append((partition, weight, msg))
+        entries.sort(key=lambda entry: entry[0])
+        # Decode each reply straight into a row of one buffer: a round's updates can be
+        # hundreds of MB, so no per-reply vectors, no stacking copy.
+        buffer = torch.empty((len(entries), layout.dim), dtype=torch.float32)
+        decoded: list[tuple[int, float]] = []  # (partition, weight) of buffer row i
+        for partition, weight, msg in entries:
+            try:
+                record = msg.content.array_records["arrays"]
+                flatten_record(record, layout, out=buffer[len(decoded)])
+            except (KeyError, TypeError, ValueError) as exc:
+                report.rejected.append(f"partition {partition}: {exc}")
+                continue
+            decoded.append((partition, weight))
+        updates = buffer[: len(decoded)]
+        updates.sub_(self._global)
+        return decoded, updates
+
+    def attack_replies(
+        self, replies: Iterable[Message], update_attack: UpdateAttack
+    ) -> list[Message]:
+        """The round's replies with the model-poisoning function ``update_attack`` applied.
+
+        For a Flower strategy wrapper around this strategy (:class:`AttackFirst`): the wrapper
+        clips the replies it receives, so the colluding attackers' step has to come before it,
+        as it comes before the defense without a wrapper. Broken or non-finite replies are
+        rejected here into the round's report (the wrapper would fail on them); the malicious
+        clients' replies are replaced by their attacked updates; the others pass unchanged.
+        """
+        assert self.report is not None and self._global is not None and self._layout is not None
+        report, layout = self.report, self._layout
+        by_partition: dict[int, Message] = {}
+        good: list[Message] = []
+        for msg in replies:
+            if msg.has_error():
+                report.rejected.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
+                continue
+            good.append(msg)
+            try:
+                partition = int(msg.content.config_records["config"]["partition-id"])  # type: ignore[arg-type]
+            except (KeyError, TypeError, ValueError):
+                continue  # _decode rejects it with the reason
+            by_partition[partition] = msg
+        decoded, updates = self._decode(good)
+        sample_malicious = dict(zip(report.sample.partitions, report.sample.malicious, strict=True))
+        partitions = [p for p, _ in decoded]
+        malicious = torch.tensor([sample_malicious[p] for p in partitions], dtype=torch.bool)
+        if malicious.any():
+            updates = update_attack(updates, malicious, generator=self.attack_generator)
+        _, bad_rows, reasons = validate_stacked(updates, layout.dim)
+        for i, reason in zip(bad_rows, reasons, strict=True):
+            report.rejected.append(f"partition {partitions[i]}: {reason}")
+        out = []
+        for i, partition in enumerate(partitions):
+            if i in bad_rows:
+                continue
+            msg = by_partition[partition]
+            if bool(malicious[i]):
+                msg.content["arrays"] = to_record(layout.unflatten(self._global + updates[i]))
+            out.append(msg)
+        return out
+
     # -- evaluation happens on the server (evaluate_fn); no client-side evaluation --------
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return []
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return None
+
+
+class AttackFirst(Strategy):
+    """A Flower strategy wrapper (e.g. central DP) around :class:`DefenseStrategy`, with the
+    colluding attackers' step before the wrapper.
+
+    Flower's ``DifferentialPrivacyServerSideFixedClipping`` and
+    ``DifferentialPrivacyServerSideAdaptiveClipping`` clip every reply, hand the replies to the
+    strategy they wrap and add noise to its result. Wrapped as such around
+    :class:`DefenseStrategy`, the server-side model poisoning (model replacement's boost, ALIE,
+    ...) would run after the clipping and slip past it. This outermost stage applies it to the
+    replies first (:meth:`DefenseStrategy.attack_replies`), then calls the wrapper, with numpy's
+    global RNG (the wrappers' noise source) seeded from the run's seed for the call and
+    restored afterwards, so that a run stays reproducible.
+
+    Parameters
+    ----------
+    wrapped : Strategy
+        The Flower wrapper, built around ``core``.
+    core : DefenseStrategy
+        The strategy inside, built with ``update_attack`` = identity.
+    update_attack : callable
+        The attack's model-poisoning function (see :class:`DefenseStrategy`).
+    seed : int
+        The run's seed; round ``r`` draws numpy's global RNG from ``(seed, "flower-noise", r)``.
+    """
+
+    def __init__(
+        self, wrapped: Strategy, core: DefenseStrategy, update_attack: UpdateAttack, seed: int
+    ) -> None:
+        self.wrapped = wrapped
+        self.core = core
+        self.update_attack = update_attack
+        self.seed = seed
+
+    def summary(self) -> None:
+        log(INFO, "AttackFirst: server-side attack before %r", self.wrapped)
+        self.wrapped.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.wrapped.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        started = time.perf_counter()
+        attacked = self.core.attack_replies(replies, self.update_attack)
+        try:
+            if not attacked:  # Flower's wrappers cannot aggregate nothing
+                assert self.core.report is not None
+                self.core.report.n_rejected = len(self.core.report.rejected)
+                self.core.report.kept_previous = "no valid update"
+                log(WARNING, "round %d: global model kept (no valid update)", server_round)
+                return None, None
+            with seeded_numpy_global(self.seed, "flower-noise", server_round):
+                return self.wrapped.aggregate_train(server_round, attacked)
+        finally:
+            if self.core.report is not None:
+                self.core.report.aggregate_seconds = time.perf_counter() - started
+
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:

@@ -115,6 +115,26 @@ def test_median_resists_the_minority_attack(attacked_run: Path, tmp_path: Path) 
     assert median["main_acc"].iloc[-1] > 0.9
 
 
+def test_flowers_central_dp_wrapper_runs_with_the_attack_before_its_clipping(
+    tmp_path: Path, data_cache: str
+) -> None:
+    # Prepare: Flower's DifferentialPrivacyServerSideFixedClipping around our strategy
+    cfg = compose_config(
+        [*ATTACKED, "num_rounds=4", "defense=flower_dp_fixed", "defense.noise_multiplier=0.01"]
+    )
+
+    # Execute
+    run_simulation(cfg, tmp_path)
+
+    # Assert
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    rounds = metrics[metrics["round"] > 0]
+    assert len(rounds) == 4 and (rounds["n_malicious"] == 2).all()
+    assert (rounds["n_rejected"] == 0).all()
+    assert metrics["main_acc"].iloc[-1] > metrics["main_acc"].iloc[0] + 0.2
+    assert read_run_status(tmp_path)["status"] == "complete"
+
+
 def test_fashion_mnist_from_the_debian_package_trains(tmp_path: Path, data_cache: str) -> None:
     cfg = compose_config(
         [

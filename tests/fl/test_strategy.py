@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Error, Message, RecordDict
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedbackdoor.attacks.updates import identity, scale
 from fedbackdoor.defenses.aggregators import krum, mean, median
 from fedbackdoor.defenses.pipeline import Defense
 from fedbackdoor.fl.arrays import to_record, to_state_dict
-from fedbackdoor.fl.strategy import DefenseStrategy
+from fedbackdoor.fl.strategy import AttackFirst, DefenseStrategy
 from fedbackdoor.sampling import AttackSchedule
 from fedbackdoor.seeding import make_generator
 
@@ -273,3 +274,111 @@ def test_history_sums_each_clients_updates_across_rounds() -> None:
     # Assert: round 2's history is each client's sum of its two updates
     assert torch.allclose(seen[0], torch.tensor(deltas[0][:1] + deltas[1][:1]))
     assert torch.allclose(seen[1], torch.tensor([[1.5, 0.5, 0.0], [0.0, 2.0, 3.0]]))
+
+
+# --------------------------------------------------------------------------------------------
+# Flower's central-DP wrappers: the attack comes first
+# --------------------------------------------------------------------------------------------
+
+
+def make_wrapped(
+    attack,
+    *,
+    noise_multiplier: float = 0.0,
+    seed: int = 0,
+    malicious: frozenset[int] = frozenset({1}),
+) -> tuple[AttackFirst, DefenseStrategy]:  # type: ignore[no-untyped-def]
+    core = make_strategy(Defense(rule=mean), malicious=malicious, num_clients=2)
+    wrapper = DifferentialPrivacyServerSideFixedClipping(
+        core, noise_multiplier=noise_multiplier, clipping_norm=1.0, num_sampled_clients=2
+    )
+    return AttackFirst(wrapper, core, attack, seed), core
+
+
+def configure_outer(outer: AttackFirst) -> list[Message]:
+    msgs = list(outer.configure_train(1, to_record(GLOBAL), ConfigRecord(), FakeGrid([1, 2])))  # type: ignore[arg-type]
+    return sorted(msgs, key=lambda m: int(m.content.config_records["config"]["partition-id"]))  # type: ignore[arg-type]
+
+
+def test_under_flowers_dp_wrapper_the_attack_is_applied_before_the_clipping() -> None:
+    # Prepare: benign update [0.6, 0.8, 0] (norm 1); the attacker's [0.3, 0.4, 0] is boosted
+    # x100 to norm 50, then Flower clips it to norm 1: [0.6, 0.8, 0]. Had the boost come after
+    # the clipping, the mean would be (0.6 + 30) / 2 = 15.3 in the first coordinate.
+    outer, core = make_wrapped(partial(scale, boost=100.0))
+    msgs = configure_outer(outer)
+    replies = [reply(msgs[0], shifted([0.6, 0.8, 0.0])), reply(msgs[1], shifted([0.3, 0.4, 0.0]))]
+
+    # Execute
+    arrays, _ = outer.aggregate_train(1, replies)
+
+    # Assert
+    assert arrays is not None
+    new = to_state_dict(arrays)
+    torch.testing.assert_close(new["w"], GLOBAL["w"] + torch.tensor([0.6, 0.8]))
+    torch.testing.assert_close(new["b"], GLOBAL["b"])
+    assert core.report is not None and core.report.n_malicious == 1
+    assert core.report.aggregate_seconds > 0
+
+
+def test_flowers_dp_noise_is_reproducible_and_leaves_numpys_global_rng_alone() -> None:
+    # Prepare
+    def noisy(seed: int) -> dict[str, torch.Tensor]:
+        outer, _ = make_wrapped(identity, noise_multiplier=1.0, seed=seed)
+        msgs = configure_outer(outer)
+        replies = [reply(m, shifted([0.1, 0.1, 0.1])) for m in msgs]
+        arrays, _ = outer.aggregate_train(1, replies)
+        assert arrays is not None
+        return to_state_dict(arrays)
+
+    np.random.seed(123)  # noqa: NPY002 (the test checks the global RNG is restored)
+    before = np.random.get_state()[1].copy()  # noqa: NPY002
+
+    # Execute
+    first, again, other = noisy(0), noisy(0), noisy(1)
+
+    # Assert
+    assert np.array_equal(np.random.get_state()[1], before)  # noqa: NPY002
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    assert not torch.equal(first["w"], other["w"])
+    # noise of std 1.0 x 1.0 / 2 on every coordinate moved the model
+    assert not torch.allclose(first["w"], GLOBAL["w"] + 0.1)
+
+
+def test_broken_replies_are_rejected_before_flowers_wrapper_sees_them() -> None:
+    # Prepare: Flower's wrapper skips the whole round when one reply is an error
+    outer, core = make_wrapped(identity, malicious=frozenset())
+    msgs = configure_outer(outer)
+    replies = [
+        reply(msgs[0], shifted([0.3, 0.4, 0.0])),
+        Message(Error(code=1, reason="client crashed"), reply_to=msgs[1]),
+    ]
+
+    # Execute
+    arrays, _ = outer.aggregate_train(1, replies)
+
+    # Assert
+    assert arrays is not None
+    torch.testing.assert_close(to_state_dict(arrays)["w"], GLOBAL["w"] + torch.tensor([0.3, 0.4]))
+    assert core.report is not None and core.report.n_rejected == 1 and core.report.n_clients == 1
+    assert "client crashed" in core.report.rejected[0]
+
+
+def test_a_wrapper_setting_flower_refuses_names_defense_wrapper() -> None:
+    # Prepare
+    from omegaconf import OmegaConf
+
+    from fedbackdoor.fl.server_app import wrap_strategy
+
+    node = OmegaConf.create(
+        {
+            "_target_": "flwr.serverapp.strategy.DifferentialPrivacyServerSideFixedClipping",
+            "_partial_": True,
+            "noise_multiplier": 1.0,
+            "clipping_norm": -1.0,
+            "num_sampled_clients": 2,
+        }
+    )
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match=r"defense.wrapper \(.*FixedClipping\): .*clipping norm"):
+        wrap_strategy(node, make_strategy(Defense(rule=mean)))
