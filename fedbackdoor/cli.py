@@ -103,7 +103,12 @@ def _run_job(cfg: DictConfig) -> None:
     meta = {"choices": dict(choices), "overrides": list(hydra_cfg.overrides.task)}
     try:
         if sweep:  # runs of a sweep share one simulation engine (Ray and warm actors)
-            shared_engine(cfg).run(cfg, run_dir, meta)
+            engine = shared_engine(cfg)
+            if engine.parallel > 1:  # queued: main() waits for them after the launcher
+                label = f"[{hydra_cfg.job.num}]"
+                _pending.append((engine, engine.submit(cfg, run_dir, meta, label=label)))
+                return
+            engine.run(cfg, run_dir, meta)
         else:
             run_simulation(cfg, run_dir, meta)
     except FileNotFoundError as exc:  # a dataset that is nowhere: say where we looked
@@ -135,6 +140,21 @@ def is_complete(run_dir: Path, cfg: DictConfig) -> bool:
 
 
 _sweep_dirs: list[Path] = []
+_pending: list[tuple[Any, Any]] = []  # (Engine, job) of runs queued with parallel_runs > 1
+
+
+def _wait_pending() -> None:
+    """Wait for the runs a parallel sweep queued; name each that failed; exit 1 if any did."""
+    failed = 0
+    while _pending:
+        engine, job = _pending.pop(0)
+        try:
+            engine.wait(job)
+        except Exception as exc:  # one failed run must not hide the others' results
+            failed += 1
+            print(f"fedbackdoor: run {job.run_dir} failed: {exc!r}", file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
 
 
 _hydra_main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(
@@ -171,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = [f"{Path(sys.argv[0]).name} run", *normalize_overrides(rest)]
     try:
         _hydra_main()
+        _wait_pending()
     except BaseException:  # interrupted (Ctrl-C) or failed: do not wait for a run to end
         _close_engine(wait=False)
         raise

@@ -185,3 +185,8 @@ def validate(cfg: DictConfig) -> None:
         resources.num_gpus >= 0,
         f"backend.client_resources.num_gpus={resources.num_gpus!r} must be >= 0",
     )
+    parallel = cfg.backend.get("parallel_runs", 1)
+    _require(
+        isinstance(parallel, int) and not isinstance(parallel, bool) and parallel >= 1,
+        f"backend.parallel_runs={parallel!r} must be an integer >= 1",
+    )

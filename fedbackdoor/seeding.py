@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -27,10 +28,16 @@ def make_generator(seed: int, *tags: object) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, *tags))
 
 
+# Runs served in parallel (threads of one process) must not interleave their use of a
+# global RNG.
+_GLOBAL_RNG = threading.RLock()
+
+
 @contextlib.contextmanager
 def seeded_init(seed: int, *tags: object) -> Iterator[None]:
-    """Run a block (model construction) with torch's global CPU RNG seeded, then restore it."""
-    with torch.random.fork_rng(devices=[]):
+    """Run a block (model construction) with torch's global CPU RNG seeded, then restore it
+    (one thread at a time)."""
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, *tags))
         yield
 
@@ -45,9 +52,10 @@ def seeded_numpy_global(seed: int, *tags: object) -> Iterator[None]:
     """
     import numpy as np
 
-    state = np.random.get_state()  # noqa: NPY002 (the global RNG is the point)
-    np.random.seed(derive_seed(seed, *tags) % 2**32)  # noqa: NPY002
-    try:
-        yield
-    finally:
-        np.random.set_state(state)  # noqa: NPY002
+    with _GLOBAL_RNG:
+        state = np.random.get_state()  # noqa: NPY002 (the global RNG is the point)
+        np.random.seed(derive_seed(seed, *tags) % 2**32)  # noqa: NPY002
+        try:
+            yield
+        finally:
+            np.random.set_state(state)  # noqa: NPY002

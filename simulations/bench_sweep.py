@@ -11,9 +11,14 @@ runs of 20 seeds instead, so that no two runs share partitions or the initial ev
 
 and prints the overhead per run of each: wall time minus the run's rounds (the seconds of
 rounds >= 1 in its metrics.csv), so the set-up, the initial evaluation, Ray and Flower's start
-and shutdown, amortized over the runs.
+and shutdown, amortized over the runs. Then
 
-    .venv/bin/python simulations/bench_sweep.py [--naive 3] [--distinct-seeds] [OVERRIDES ...]
+(c) ``--parallel K`` (default 2; 1 skips it): the same runs on one shared engine with
+    ``backend.parallel_runs=K``, ``K`` runs in flight at once, and prints the wall time of
+    (b) over (c): how much sooner the sweep ends (rounds overlap, so no per-run overhead).
+
+    .venv/bin/python simulations/bench_sweep.py [--naive 3] [--parallel 2] [--distinct-seeds]
+        [OVERRIDES ...]
 
 Defaults: Fashion-MNIST, 60 clients, 10 per round, 2 rounds. Target (issue 5): <= 2 s of
 overhead per run amortized over a 20-run sweep (a naive sweep pays ~10-20 s per run).
@@ -22,6 +27,7 @@ overhead per run amortized over a 20-run sweep (a naive sweep pays ~10-20 s per 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
 import time
@@ -40,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--naive", type=int, default=3, help="runs in fresh simulations")
     parser.add_argument("--distinct-seeds", action="store_true", help="20 runs, 20 seeds")
+    parser.add_argument("--parallel", type=int, default=2, help="runs in flight in (c)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -74,6 +81,19 @@ def main() -> None:
         shared_wall = time.perf_counter() - start
         shared_rounds = sum(_rounds_seconds(root / f"shared{i}") for i in range(args.shared))
 
+        parallel_wall = math.nan
+        if args.parallel > 1:
+            start = time.perf_counter()
+            jobs = []
+            for i, cfg in enumerate(configs[: args.shared]):
+                cfg.backend.parallel_runs = args.parallel
+                engine = shared_engine(cfg)
+                jobs.append((engine, engine.submit(cfg, root / f"parallel{i}", label=f"[{i}]")))
+            for engine, job in jobs:
+                engine.wait(job)
+            close_shared_engine()
+            parallel_wall = time.perf_counter() - start
+
     naive = (naive_wall - naive_rounds) / args.naive
     shared = (shared_wall - shared_rounds) / args.shared
     shape = "20 seeds" if args.distinct_seeds else "5 fractions x fedavg, median x 2 seeds"
@@ -87,6 +107,12 @@ def main() -> None:
         f"rounds: overhead {shared:.2f} s per run   (target <= 2 s)"
     )
     print(f"overhead per run (b)/(a): {shared / naive:.3f}")
+    if args.parallel > 1:
+        print(
+            f"(c) parallel_runs={args.parallel}: {args.shared} runs, {parallel_wall:.1f} s wall,"
+            f" {parallel_wall / args.shared:.2f} s per run; wall (b)/(c): "
+            f"{shared_wall / parallel_wall:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,10 @@ def test_run_writes_its_directory_and_prints_it_last(tmp_path: Path, data_cache:
 
 
 @pytest.mark.slow
-def test_multirun_sweeps_and_prints_the_sweep_dir(tmp_path: Path, data_cache: str) -> None:
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_multirun_sweeps_and_prints_the_sweep_dir(
+    parallel: int, tmp_path: Path, data_cache: str
+) -> None:
     sweep = tmp_path / "sweep"
 
     result = fedbackdoor(
@@ -62,13 +65,19 @@ def test_multirun_sweeps_and_prints_the_sweep_dir(tmp_path: Path, data_cache: st
         *TINY,
         "num_rounds=1",
         "defense=fedavg,median",
+        f"backend.parallel_runs={parallel}",
         f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
     )
 
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == str(sweep.resolve())
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == str(sweep.resolve())
     assert sorted(p.parent.name for p in sweep.glob("*/metrics.csv")) == ["0", "1"]
+    for job in ("0", "1"):
+        assert _complete(sweep / job)
+        if parallel > 1:  # runs in flight together: each line says which run it is
+            assert sum(line.startswith(f"[{job}] round ") for line in lines) == 2
 
 
 def test_invalid_value_stops_with_one_line_naming_the_key(tmp_path: Path) -> None:

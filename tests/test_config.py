@@ -93,6 +93,7 @@ def test_every_documented_option_composes_and_validates(group_option: str) -> No
         ("lr=0", "lr=0"),
         ("device=tpu", "device='tpu'"),
         ("backend.client_resources.num_cpus=0", "backend.client_resources.num_cpus=0"),
+        ("backend.parallel_runs=0", "backend.parallel_runs=0"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(override: str, key: str) -> None:

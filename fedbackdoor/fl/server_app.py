@@ -209,6 +209,7 @@ def run_server(
     run_dir: Path,
     meta: Mapping[str, object] | None = None,
     world: ServerWorld | None = None,
+    label: str | None = None,
 ) -> Path:
     """Run all rounds of the experiment ``cfg`` on ``grid``; write results to ``run_dir``.
 
@@ -216,10 +217,12 @@ def run_server(
     run's ``seconds``; plus ``meta``: the Hydra group ``choices`` and ``overrides``),
     ``metrics.csv`` (a row per round, as it ends), ``accuracy.png`` and ``model.pt`` (the final
     global ``state_dict``). ``world`` is :func:`prepare_server`'s result for ``cfg`` if it was
-    built ahead. Returns the path of ``metrics.csv``.
+    built ahead; ``label`` starts its terminal lines (runs in parallel). Returns the path of
+    ``metrics.csv``.
     """
     started = time.perf_counter()
     validate(cfg)
+    lead = f"{label} " if label else ""
     cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg_yaml)
@@ -283,7 +286,7 @@ def run_server(
                 extra += f"  kept previous model: {report.kept_previous}"
         writer.write(row)
         print(
-            f"round {server_round:>3}/{num_rounds}  main_acc {evaluation['main_acc']:.4f}  "
+            f"{lead}round {server_round:>3}/{num_rounds}  main_acc {evaluation['main_acc']:.4f}  "
             f"backdoor_acc {evaluation['backdoor_acc']:.4f}{extra}  {row['seconds']:.2f}s",
             flush=True,
         )
@@ -305,7 +308,7 @@ def run_server(
         write_run_status(run_dir, status="complete", seconds=seconds, detection=detection)
         if detection is not None:
             print(
-                f"detection over the run: {detection['det_tp']:.0f} of "
+                f"{lead}detection over the run: {detection['det_tp']:.0f} of "
                 f"{detection['malicious']:.0f} malicious updates flagged "
                 f"(TPR {detection['det_tpr']:.3f}), {detection['det_fp']:.0f} of "
                 f"{detection['benign']:.0f} benign (FPR {detection['det_fpr']:.3f})",

@@ -93,6 +93,7 @@ def engine_key(cfg: DictConfig) -> tuple[object, ...]:
         backend.get("address"),
         backend.get("num_cpus"),
         bool(backend.get("verbose", False)),
+        int(backend.get("parallel_runs") or 1),
     )
 
 
@@ -102,6 +103,7 @@ class _Job:
     run_dir: Path
     meta: Mapping[str, object]
     world: ServerWorld | None
+    label: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
@@ -117,12 +119,20 @@ class Engine:
     each samples, trains and evaluates from its own seed exactly as in a fresh simulation, so
     the results do not depend on which runs came before (tested).
 
+    With ``backend.parallel_runs = k > 1`` the ServerApp serves ``k`` runs at once, each in its
+    own thread on the same grid (:meth:`submit` queues a run without waiting for it): while one
+    run's server evaluates or aggregates, the actors train the others' clients. The runs share
+    the engine's actors, so the clients of all runs together never take more than the cores
+    Ray was given. Results stay those of a fresh simulation (tested); terminal lines carry the
+    run's ``label``.
+
     An engine serves configs with one :func:`engine_key` (number of clients, client resources,
-    Ray address); :func:`shared_engine` replaces it when a run needs another.
+    Ray address, parallel runs); :func:`shared_engine` replaces it when a run needs another.
     """
 
     def __init__(self, cfg: DictConfig) -> None:
         self.key = engine_key(cfg)
+        self.parallel = int(cfg.backend.get("parallel_runs") or 1)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._failure: BaseException | None = None
         flwr_logger = logging.getLogger("flwr")
@@ -134,15 +144,28 @@ class Engine:
         init_ray(cfg)
         server_app = ServerApp()
 
-        @server_app.main()
-        def serve(grid: Grid, context: Context) -> None:
+        def serve_jobs(grid: Grid) -> None:
             while (job := self._jobs.get()) is not None:
                 try:
-                    run_server(grid, job.cfg, job.run_dir, job.meta, job.world)
+                    run_server(grid, job.cfg, job.run_dir, job.meta, job.world, label=job.label)
                 except BaseException as exc:  # the job's caller re-raises it
                     job.error = exc
                 finally:
                     job.done.set()
+
+        @server_app.main()
+        def serve(grid: Grid, context: Context) -> None:
+            if self.parallel == 1:
+                serve_jobs(grid)
+                return
+            workers = [
+                threading.Thread(target=serve_jobs, args=(grid,), name=f"fedbackdoor-run-{i}")
+                for i in range(self.parallel)
+            ]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
 
         def simulate() -> None:
             try:
@@ -174,11 +197,27 @@ class Engine:
         """Run one experiment on this engine; return its ``metrics.csv``. ``world``: the
         server's side of it if already built (:func:`~fedbackdoor.fl.server_app.prepare_server`).
         """
+        return self.wait(self.submit(cfg, run_dir, meta, world))
+
+    def submit(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        meta: Mapping[str, object] | None = None,
+        world: ServerWorld | None = None,
+        label: str | None = None,
+    ) -> _Job:
+        """Queue one experiment without waiting for it (see :meth:`wait`)."""
         if engine_key(cfg) != self.key:
             raise ValueError(f"engine built for {self.key}, run needs {engine_key(cfg)}")
         validate(cfg)
-        job = _Job(cfg, run_dir, dict(meta or {}), world)
+        job = _Job(cfg, run_dir, dict(meta or {}), world, label)
         self._jobs.put(job)
+        return job
+
+    def wait(self, job: _Job) -> Path:
+        """Block until ``job`` ended; re-raise its error; return its ``metrics.csv``."""
+        run_dir = job.run_dir
         while not job.done.wait(timeout=0.5):
             if not self._thread.is_alive():
                 raise RuntimeError("the Flower simulation stopped") from self._failure
@@ -193,7 +232,8 @@ class Engine:
         """Let the ServerApp return after the current run; Flower then stops its actors and
         Ray. ``wait=False`` (an interrupted process) returns at once: the daemon thread dies
         with the process and Ray's exit handler stops Ray."""
-        self._jobs.put(None)
+        for _ in range(self.parallel):
+            self._jobs.put(None)
         if not wait:
             # Not ray.shutdown(): the run in progress would go on with every client failing and
             # end as "complete" with rounds that trained nothing. Its thread dies with the

@@ -206,3 +206,28 @@ def test_runs_sharing_an_engine_match_fresh_runs(attacked_run: Path, tmp_path: P
     assert status is not None and status["status"] == "complete"
     assert status["choices"] == {"attack": "dba"} and status["num_rounds"] == 2
     assert float(status["seconds"]) > 0  # type: ignore[arg-type]
+
+
+def test_parallel_runs_on_one_engine_match_fresh_runs(attacked_run: Path, tmp_path: Path) -> None:
+    # Prepare: the attacked run and a median run in flight at once on one engine
+    attacked = compose_config([*ATTACKED, "backend.parallel_runs=2"])
+    median = compose_config([*ATTACKED, "defense=median", "backend.parallel_runs=2"])
+    engine = Engine(attacked)
+
+    # Execute
+    try:
+        jobs = [
+            engine.submit(attacked, tmp_path / "attacked", label="[a]"),
+            engine.submit(median, tmp_path / "median", label="[m]"),
+        ]
+        for job in jobs:
+            engine.wait(job)
+    finally:
+        engine.close()
+
+    # Assert: the same rows as the fresh simulation; the other run is whole too
+    fresh = pd.read_csv(attacked_run / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
+    parallel = pd.read_csv(tmp_path / "attacked" / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
+    pd.testing.assert_frame_equal(fresh, parallel)
+    assert read_run_status(tmp_path / "median")["status"] == "complete"
+    assert len(pd.read_csv(tmp_path / "median" / "metrics.csv")) == 11
