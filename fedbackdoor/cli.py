@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,38 @@ def _close_engine(wait: bool) -> None:
         close_shared_engine(wait=wait)
 
 
+def _interrupted() -> None:
+    """Ctrl-C: stop now, not after the run in progress (which could take minutes).
+
+    Runs in progress are told to stop (:data:`fedbackdoor.fl.server_app.STOP`: their
+    ``run.json`` stays "running" and a restarted sweep redoes them; finished runs and the rows
+    already written stay), Ray is stopped (at most 10 s), and the process exits with 130
+    without waiting for Flower's threads.
+    """
+    print(
+        "fedbackdoor: interrupted; runs in progress are left unfinished (run the same command "
+        "again to resume a sweep)",
+        file=sys.stderr,
+        flush=True,
+    )
+    if "fedbackdoor.fl.server_app" in sys.modules:
+        from fedbackdoor.fl.server_app import STOP
+
+        STOP.set()
+    if "ray" in sys.modules:
+        import logging
+
+        import ray
+
+        logging.getLogger("ray").setLevel(logging.ERROR)  # its "not the main thread" notice
+        stopper = threading.Thread(target=ray.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(timeout=10)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -192,7 +225,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _hydra_main()
         _wait_pending()
-    except BaseException:  # interrupted (Ctrl-C) or failed: do not wait for a run to end
+    except KeyboardInterrupt:
+        _interrupted()
+    except BaseException:  # failed: do not wait for a run to end
         _close_engine(wait=False)
         raise
     _close_engine(wait=True)

@@ -149,6 +149,50 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_runs(
         assert f"\nseed: {job}\n" in (sweep / job / "config.yaml").read_text()
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_a_sweep_at_once_leaving_the_run_in_progress_unfinished(
+    tmp_path: Path, data_cache: str
+) -> None:
+    # Prepare: runs long enough that waiting for the one in progress would end it complete
+    sweep = tmp_path / "sweep"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedbackdoor",
+            "run",
+            "-m",
+            *TINY,
+            "num_rounds=60",
+            "seed=0,1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = sweep / "0" / "metrics.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (
+        not metrics.exists() or len(metrics.read_text().splitlines()) < 4
+    ):
+        time.sleep(0.2)
+    assert metrics.exists(), "the first run never started its rounds"
+
+    # Execute: Ctrl-C
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+
+    # Assert: exit 130 with one line saying so; the run in progress is left "running" with
+    # the rows it had written, and the next run never started
+    assert process.returncode == 130, stderr[-2000:]
+    assert "fedbackdoor: interrupted" in stderr
+    assert json.loads((sweep / "0" / "run.json").read_text())["status"] == "running"
+    assert 3 <= len(pd.read_csv(metrics)) < 61  # rounds 0-2 at least, not all 60
+    assert not (sweep / "1" / "run.json").exists()
+
+
 def _complete(run_dir: Path) -> bool:
     try:
         return json.loads((run_dir / "run.json").read_text())["status"] == "complete"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -106,6 +107,16 @@ class WarmUp:
                 time.sleep(poll)
         if errors and len(errors) == self.count:
             raise RuntimeError(f"no client could start; the first said: {errors[0]}")
+
+
+class Interrupted(RuntimeError):
+    """The process is stopping (Ctrl-C) while a run is in progress."""
+
+
+#: Set when the process is interrupted: runs in progress stop at their next round and never
+#: report themselves complete (their ``run.json`` stays "running", so a resumed sweep redoes
+#: them), even if Ray stopping under them lets a round end without clients.
+STOP = threading.Event()
 
 
 def describe(cfg: DictConfig) -> str:
@@ -269,6 +280,8 @@ def run_server(
     writer = MetricsWriter(run_dir / "metrics.csv", extra_columns=evaluator.columns)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        if STOP.is_set():  # the process is being interrupted: no more rounds
+            raise Interrupted(f"{run_dir}: interrupted before round {server_round} was logged")
         extra = ""
         if server_round == 0:  # the initial model: evaluated while preparing
             evaluation, seconds = world.initial
@@ -305,6 +318,8 @@ def run_server(
         totals = detection_totals(load_metrics(writer.path))
         seconds = round(time.perf_counter() - started, 3)
         detection = None if math.isnan(totals["det_tp"]) else totals  # rule flags nobody
+        if STOP.is_set():  # rounds may have run while Ray was stopping: not a complete run
+            raise Interrupted(f"{run_dir}: interrupted")
         write_run_status(run_dir, status="complete", seconds=seconds, detection=detection)
         if detection is not None:
             print(
