@@ -195,20 +195,27 @@ def find_runs(root: str | Path) -> list[Path]:
     return sorted(runs, key=lambda p: _natural_key(p.relative_to(root)))
 
 
-def _flatten(node: Mapping[Any, Any], prefix: str = "") -> dict[str, object]:
-    """Dotted leaf keys of a nested config. Hydra's plumbing (``_target_``, ``_partial_``) and
-    lists of config nodes (``defense.pre``) are left out: the group choices and the groups' own
+def _flatten(
+    node: Mapping[Any, Any], prefix: str = "", outer: frozenset[str] = frozenset()
+) -> dict[str, object]:
+    """Dotted leaf keys of a nested config. Hydra's plumbing (``_target_``, ``_partial_``),
+    lists of config nodes (``defense.pre``) and empty lists are left out, and so are the
+    arguments of an instantiable node (one with ``_target_``) named like a setting of a node
+    around it (``defense.rule.f`` is ``${defense.f}``): the group choices and the groups' own
     settings (``defense.max_norm``) already say what they hold. Lists of plain values become
-    JSON text so that they compare and store as one value."""
+    JSON text so that they compare and store as one value. ``outer``: the keys of the nodes
+    around ``node``."""
     flat: dict[str, object] = {}
+    instantiable = "_target_" in node
+    around = outer | {str(key) for key in node}
     for key, value in node.items():
         name = f"{prefix}{key}"
-        if str(key).startswith("_"):
+        if str(key).startswith("_") or (instantiable and str(key) in outer):
             continue
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
+            flat.update(_flatten(value, f"{name}.", around))
         elif isinstance(value, list):
-            if not any(isinstance(item, Mapping | list) for item in value):
+            if value and not any(isinstance(item, Mapping | list) for item in value):
                 flat[name] = json.dumps(value)
         else:
             flat[name] = value
