@@ -14,7 +14,12 @@ server's set-up and initial evaluation, shutdown) minus its rounds at the steady
 time. Python's one-time imports of the process (torch, flwr) are done before and not counted:
 a sweep pays them once.
 
-    .venv/bin/python simulations/bench_overhead.py [HYDRA_OVERRIDES ...]
+With ``--joined-ray`` it then starts a Ray head outside the process (``ray start --head``, as a
+user who runs many simulations keeps one), runs the same simulation again with
+``backend.address=auto`` and prints its start-up + shutdown too: Ray's own start and stop are
+then paid once per machine, not per simulation. The head is stopped at the end.
+
+    .venv/bin/python simulations/bench_overhead.py [--joined-ray] [HYDRA_OVERRIDES ...]
 
 Defaults: the default study (Fashion-MNIST, 20 clients, 10 per round), 6 rounds.
 Targets (issue 2): per-round ratio <= 1.05; start-up + shutdown <= 8 s.
@@ -22,9 +27,11 @@ Targets (issue 2): per-round ratio <= 1.05; start-up + shutdown <= 8 s.
 
 from __future__ import annotations
 
+import copy
 import multiprocessing as mp
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -137,9 +144,30 @@ def flower_rounds(cfg) -> tuple[list[float], float, dict[str, float]]:  # type: 
     return metrics["seconds"].tolist(), wall, marks
 
 
+def joined_ray_overhead(cfg, steady: float) -> tuple[float, float, dict[str, float]]:  # type: ignore[no-untyped-def]
+    """Start-up + shutdown of the same simulation joining a Ray head started beforehand."""
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    cores = str(int(cfg.backend.num_cpus or os.cpu_count() or 1))
+    subprocess.run(
+        [ray_cli, "start", "--head", "--num-cpus", cores, "--include-dashboard=false",
+         "--disable-usage-stats"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    try:
+        joined = copy.deepcopy(cfg)
+        joined.backend.address = "auto"
+        joined.backend.num_cpus = None
+        rounds, wall, marks = flower_rounds(joined)
+        return wall - steady * (len(rounds) - 1), wall, marks
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True)
+
+
 def main(argv: list[str]) -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    joined = "--joined-ray" in argv
+    argv = [a for a in argv if a != "--joined-ray"]
     cfg = compose_config(["num_rounds=6", *argv])
     cores = int(cfg.backend.num_cpus or os.cpu_count() or 1)
     workers = max(1, int(cores // float(cfg.backend.client_resources.num_cpus)))
@@ -172,6 +200,19 @@ def main(argv: list[str]) -> None:
         + ", ".join(f"{k} {v:.1f}" for k, v in sorted(marks.items(), key=lambda kv: kv[1]))
         + f", returned {wall:.1f}; round 1 took {flower[1]:.2f}"
     )
+    if joined:
+        overhead_joined, wall_joined, marks_joined = joined_ray_overhead(cfg, flower_steady)
+        print(
+            f"start-up + shutdown joining a running Ray (backend.address=auto): "
+            f"{overhead_joined:.1f} s of {wall_joined:.1f} s wall   (target <= 8 s); "
+            f"fresh / joined: {overhead / overhead_joined:.2f}"
+        )
+        print(
+            "  phases (s since the call): "
+            + ", ".join(
+                f"{k} {v:.1f}" for k, v in sorted(marks_joined.items(), key=lambda kv: kv[1])
+            )
+        )
 
 
 if __name__ == "__main__":
