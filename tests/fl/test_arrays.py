@@ -1,9 +1,20 @@
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
 import torch
+from flwr.app import Array, ArrayRecord
 
-from fedbackdoor.fl.arrays import Layout, LayoutMismatch, flatten_record, to_record, to_state_dict
+from fedbackdoor.fl.arrays import (
+    Layout,
+    LayoutMismatch,
+    _as_numpy,
+    flatten_record,
+    to_record,
+    to_state_dict,
+)
 from fedbackdoor.models import ResNet18
 
 
@@ -49,3 +60,44 @@ def test_flatten_into_a_row_of_a_buffer() -> None:
     assert buffer.tolist() == [[0.0] * 5, [1.0, 2.0, 3.0, 4.0, 7.0]]
     with pytest.raises(ValueError, match="out must be float32"):
         layout.flatten(state, out=torch.zeros(4))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.arange(6, dtype=np.float32).reshape(2, 3),
+        np.arange(6, dtype=np.float64).reshape(2, 3),
+        np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4)),  # column-major bytes
+        np.array(5, dtype=np.int64),  # 0-d (num_batches_tracked)
+        np.zeros((0, 3), dtype=np.float32),  # empty
+        np.arange(4, dtype=">f4"),  # big-endian
+    ],
+    ids=["f32", "f64", "fortran", "0d", "empty", "big-endian"],
+)
+def test_reading_an_array_in_place_equals_numpys_reader(value: np.ndarray) -> None:
+    # Prepare
+    array = Array(value)
+
+    # Execute
+    fast = _as_numpy(array)
+
+    # Assert
+    reference = array.numpy()
+    assert fast.dtype == reference.dtype and fast.shape == reference.shape
+    assert np.array_equal(fast, reference)
+
+
+def test_a_truncated_or_pickled_payload_is_rejected_by_numpys_reader() -> None:
+    # Prepare: the same header with its data cut short; an object array's header
+    layout = Layout.of({"w": torch.zeros(4)})
+    truncated = Array(np.arange(4, dtype=np.float32))
+    truncated.data = truncated.data[:-4]
+    pickled = Array(np.arange(4, dtype=np.float32))
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([1, "x"], dtype=object), allow_pickle=True)
+    pickled.data = buffer.getvalue()
+
+    # Execute / Assert
+    for array in (truncated, pickled):
+        with pytest.raises(LayoutMismatch, match="cannot decode arrays"):
+            flatten_record(ArrayRecord({"w": array}), layout)
