@@ -171,6 +171,9 @@ def test_ctrl_c_stops_a_sweep_at_once_leaving_the_run_in_progress_unfinished(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: a job started in the background by a non-interactive shell (as
+        # CI may start the suite) inherits SIGINT ignored, and Python then keeps ignoring it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     metrics = sweep / "0" / "metrics.csv"
     deadline = time.monotonic() + 300
