@@ -55,7 +55,21 @@ class RoundReport:
     aggregate_seconds: float = 0.0  # the server step: decode, attack, validate, defend, encode
 
 
-class DefenseStrategy(Strategy):
+class _ServerEvaluation(Strategy):
+    """Evaluation happens on the server (``evaluate_fn``): no client-side evaluation."""
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return []
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return None
+
+
+class DefenseStrategy(_ServerEvaluation):
     """Samples clients, gathers their updates, applies the attack's and the defense's functions.
 
     Parameters
@@ -337,19 +351,8 @@ class DefenseStrategy(Strategy):
             out.append(msg)
         return out
 
-    # -- evaluation happens on the server (evaluate_fn); no client-side evaluation --------
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return []
 
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return None
-
-
-class AttackFirst(Strategy):
+class AttackFirst(_ServerEvaluation):
     """A Flower strategy wrapper (e.g. central DP) around :class:`DefenseStrategy`, with the
     colluding attackers' step before the wrapper.
 
@@ -408,16 +411,6 @@ class AttackFirst(Strategy):
         finally:
             if self.core.report is not None:
                 self.core.report.aggregate_seconds = time.perf_counter() - started
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return []
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return None
 
 
 def wait_for_nodes(grid: Grid, needed: int, poll: float = 0.05) -> list[int]:
