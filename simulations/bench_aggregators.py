@@ -6,7 +6,8 @@ For n = 10, 50, 100 clients and a model of about 1.2M parameters, in one process
 * ``rule``: the pure function on the stacked updates (``fedbackdoor.defenses``);
 * ``ours``: the whole server step of :class:`~fedbackdoor.fl.strategy.DefenseStrategy`
   (decode the replies, validate, aggregate, re-encode; for FLTrust the server's root update is
-  a fixed vector here, its training is not timed);
+  a fixed vector here, its training is not timed; for the ``flower_dp_*`` options the whole
+  stack: :class:`~fedbackdoor.fl.strategy.AttackFirst`, Flower's wrapper, our strategy);
 * ``flower``: the same replies through Flower's strategy with the same rule
   (``FedMedian``, ``FedTrimmedAvg``, ``Krum``, ``MultiKrum``, ``Bulyan``), where there is one;
 
@@ -35,7 +36,8 @@ from fedbackdoor.attacks.updates import identity
 from fedbackdoor.cli import CONF_DIR, compose_config
 from fedbackdoor.defenses.pipeline import Defense, build_defense
 from fedbackdoor.fl.arrays import to_record
-from fedbackdoor.fl.strategy import DefenseStrategy
+from fedbackdoor.fl.server_app import wrap_strategy
+from fedbackdoor.fl.strategy import AttackFirst, DefenseStrategy
 from fedbackdoor.seeding import make_generator
 
 # 12 tensors of 100k floats: a 1.2M-parameter model.
@@ -44,7 +46,7 @@ SHAPES = [(100, 1000)] * 12
 
 def rules(
     n: int, only: list[str] | None = None
-) -> dict[str, tuple[Defense, Callable[[], Any] | None]]:
+) -> dict[str, tuple[Defense, Callable[[], Any] | None, Any]]:
     """Every ``conf/defense`` option (or those in ``only``), built from its config, with
     Flower's equivalent."""
     f = max(1, (n - 3) // 4)  # Bulyan's largest f for n (n >= 4f + 3)
@@ -68,13 +70,13 @@ def rules(
         if unknown:
             raise SystemExit(f"unknown --rules {unknown}; conf/defense has {names}")
         names = [name for name in names if name in only]
-    return {
-        name: (
-            build_defense(compose_config([f"defense={name}", *settings.get(name, [])]).defense),
-            flower.get(name),
-        )
-        for name in names
-    }
+    built = {}
+    for name in names:
+        cfg = compose_config([f"defense={name}", f"clients_per_round={n}", f"num_clients={n}",
+                              *settings.get(name, [])])  # fmt: skip
+        # Flower's wrapper (defense.wrapper) around our strategy, if the option has one.
+        built[name] = (build_defense(cfg.defense), flower.get(name), cfg.defense.get("wrapper"))
+    return built
 
 
 def best_of(repeat: int, fn: Callable[..., Any], setup: Callable[[], Any] = lambda: ()) -> float:
@@ -102,7 +104,7 @@ def main() -> None:
     global_state = {f"layer{i}": torch.randn(s, generator=gen) for i, s in enumerate(SHAPES)}
     dim = sum(int(np.prod(s)) for s in SHAPES)
     print(f"model: {dim / 1e6:.2f}M parameters; seconds are the best of {args.repeat}")
-    print(f"{'rule':<14}{'n':>4}{'rule s':>9}{'ours s':>9}{'flower s':>10}{'flower/ours':>13}")
+    print(f"{'rule':<20}{'n':>4}{'rule s':>9}{'ours s':>9}{'flower s':>10}{'flower/ours':>13}")
     for n in args.sizes:
         updates = 0.01 * torch.randn(n, dim, generator=gen)
         weights = torch.full((n,), 100.0)
@@ -127,7 +129,7 @@ def main() -> None:
             pieces = flat.split([v.numel() for v in state.values()])
             return {k: p.view(v.shape) for (k, v), p in zip(state.items(), pieces, strict=True)}
 
-        for name, (defense, flower_cls) in rules(n, args.rules).items():
+        for name, (defense, flower_cls, wrapper) in rules(n, args.rules).items():
             context = {"reference": reference} if name == "fltrust" else {}
             rule_s = best_of(
                 args.repeat,
@@ -138,7 +140,10 @@ def main() -> None:
                 root_update=root_update if context else None,
                 **strategy_args,  # type: ignore[arg-type]
             )
-            msgs = list(strategy.configure_train(1, to_record(global_state), ConfigRecord(), grid))
+            outer: Any = strategy
+            if wrapper is not None:  # the whole stack: attack stage, Flower's wrapper, ours
+                outer = AttackFirst(wrap_strategy(wrapper, strategy), strategy, identity, 0)
+            msgs = list(outer.configure_train(1, to_record(global_state), ConfigRecord(), grid))
 
             def make_replies(msgs: list[Message] = msgs, u: torch.Tensor = updates) -> tuple:
                 replies = []
@@ -161,9 +166,7 @@ def main() -> None:
                     replies.append(Message(content, reply_to=msg))
                 return (replies,)
 
-            ours_s = best_of(
-                args.repeat, lambda r, s=strategy: s.aggregate_train(1, r), make_replies
-            )
+            ours_s = best_of(args.repeat, lambda r, s=outer: s.aggregate_train(1, r), make_replies)
             flower = ""
             if flower_cls is not None:
                 theirs = flower_cls()
@@ -171,7 +174,7 @@ def main() -> None:
                     args.repeat, lambda r, t=theirs: t.aggregate_train(1, r), make_replies
                 )
                 flower = f"{flower_s:>10.2f}{flower_s / ours_s:>13.2f}"
-            print(f"{name:<14}{n:>4}{rule_s:>9.2f}{ours_s:>9.2f}{flower}", flush=True)
+            print(f"{name:<20}{n:>4}{rule_s:>9.2f}{ours_s:>9.2f}{flower}", flush=True)
 
 
 if __name__ == "__main__":
