@@ -5,7 +5,7 @@ accuracy and detection rates (issue 4's study). The report's heatmap is defenses
     .venv/bin/python simulations/defense_study.py [--scale paper] [--out DIR] [OVERRIDES]
 
 Small (default): Fashion-MNIST, 60 clients of 1,000 images, 10 per round, 10 rounds, seed 0;
-18 defenses x 3 attacks = 54 runs, about 35 minutes on 2 CPU cores. Paper: CIFAR-10,
+18 defenses x 3 attacks = 54 runs, about 50 minutes on 2 CPU cores. Paper: CIFAR-10,
 ResNet-18, 100 clients, 100 rounds, 3 seeds.
 """
 
