@@ -7,8 +7,8 @@ directory as the last line.
 from __future__ import annotations
 
 import os
+import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -175,8 +175,10 @@ def _interrupted() -> None:
 
     Runs in progress are told to stop (:data:`fedbackdoor.fl.server_app.STOP`: their
     ``run.json`` stays "running" and a restarted sweep redoes them; finished runs and the rows
-    already written stay), Ray is stopped (at most 10 s), and the process exits with 130
-    without waiting for Flower's threads.
+    already written stay) and the process exits with 130 at once, without waiting for Flower's
+    threads. Not ``ray.shutdown()``: Flower's threads would then touch a stopped Ray client,
+    which ends the process with Ray's own exit code 1; the local Ray's processes are stopped
+    by signals instead (:func:`_stop_local_ray`).
     """
     print(
         "fedbackdoor: interrupted; runs in progress are left unfinished (run the same command "
@@ -188,18 +190,49 @@ def _interrupted() -> None:
         from fedbackdoor.fl.server_app import STOP
 
         STOP.set()
-    if "ray" in sys.modules:
-        import logging
-
-        import ray
-
-        logging.getLogger("ray").setLevel(logging.ERROR)  # its "not the main thread" notice
-        stopper = threading.Thread(target=ray.shutdown, daemon=True)
-        stopper.start()
-        stopper.join(timeout=10)
+    _stop_local_ray()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(130)
+
+
+def _stop_local_ray() -> None:
+    """Ask the Ray processes this process started to stop (SIGTERM: the raylet then stops its
+    agents and workers), without waiting: this process exits right after, before its own Ray
+    client notices (it would end the process with exit code 1)."""
+    worker = sys.modules.get("ray._private.worker")
+    node = getattr(worker, "_global_node", None)
+    if node is None or not getattr(node, "head", False):
+        return  # Ray not started here, or joined (backend.address): not ours to stop
+    pids = [
+        info.process.pid
+        for infos in getattr(node, "all_processes", {}).values()
+        for info in infos
+        if getattr(info, "process", None) is not None
+    ]
+    for pid in [*_descendants(pids), *pids]:  # the raylet's agents and workers first
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass  # already gone
+
+
+def _descendants(roots: list[int]) -> list[int]:
+    """Every process below ``roots`` (from ``/proc``; none where there is no ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    found: list[int] = []
+    stack = list(roots)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
 
 
 def main(argv: list[str] | None = None) -> None:
