@@ -211,16 +211,11 @@ class DefenseStrategy(_ServerEvaluation):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         assert self.report is not None and self._global is not None and self._layout is not None
         report, layout, global_flat = self.report, self._layout, self._global
-        sample_malicious = dict(zip(report.sample.partitions, report.sample.malicious, strict=True))
-
         decoded, updates = self._decode(replies)
         partitions = [p for p, _ in decoded]
-        malicious = torch.tensor([sample_malicious[p] for p in partitions], dtype=torch.bool)
-        if malicious.any():
-            updates = self.update_attack(updates, malicious, generator=self.attack_generator)
-        valid, bad_rows, reasons = validate_stacked(updates, layout.dim)
-        for i, reason in zip(bad_rows, reasons, strict=True):
-            report.rejected.append(f"partition {partitions[i]}: {reason}")
+        updates, malicious, valid, bad_rows = self._attack_and_screen(
+            partitions, updates, self.update_attack
+        )
         bad = set(bad_rows)
         keep = [i for i in range(len(decoded)) if i not in bad]
         weights = torch.tensor([decoded[i][1] for i in keep], dtype=torch.float32)
@@ -307,6 +302,23 @@ class DefenseStrategy(_ServerEvaluation):
         updates.sub_(self._global)
         return decoded, updates
 
+    def _attack_and_screen(
+        self, partitions: list[int], updates: Tensor, update_attack: UpdateAttack
+    ) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+        """Apply ``update_attack`` to the malicious rows of ``updates`` (one per partition),
+        then reject non-finite rows into the round's report. Returns the attacked updates, the
+        malicious mask, the valid rows and the indices of the rejected ones."""
+        assert self.report is not None and self._layout is not None
+        report = self.report
+        sample_malicious = dict(zip(report.sample.partitions, report.sample.malicious, strict=True))
+        malicious = torch.tensor([sample_malicious[p] for p in partitions], dtype=torch.bool)
+        if malicious.any():
+            updates = update_attack(updates, malicious, generator=self.attack_generator)
+        valid, bad_rows, reasons = validate_stacked(updates, self._layout.dim)
+        for i, reason in zip(bad_rows, reasons, strict=True):
+            report.rejected.append(f"partition {partitions[i]}: {reason}")
+        return updates, malicious, valid, bad_rows
+
     def attack_replies(
         self, replies: Iterable[Message], update_attack: UpdateAttack
     ) -> list[Message]:
@@ -333,14 +345,10 @@ class DefenseStrategy(_ServerEvaluation):
                 continue  # _decode rejects it with the reason
             by_partition[partition] = msg
         decoded, updates = self._decode(good)
-        sample_malicious = dict(zip(report.sample.partitions, report.sample.malicious, strict=True))
         partitions = [p for p, _ in decoded]
-        malicious = torch.tensor([sample_malicious[p] for p in partitions], dtype=torch.bool)
-        if malicious.any():
-            updates = update_attack(updates, malicious, generator=self.attack_generator)
-        _, bad_rows, reasons = validate_stacked(updates, layout.dim)
-        for i, reason in zip(bad_rows, reasons, strict=True):
-            report.rejected.append(f"partition {partitions[i]}: {reason}")
+        updates, malicious, _, bad_rows = self._attack_and_screen(
+            partitions, updates, update_attack
+        )
         out = []
         for i, partition in enumerate(partitions):
             if i in bad_rows:
