@@ -11,15 +11,6 @@ from omegaconf import DictConfig
 from fedbackdoor.sampling import AttackSchedule, malicious_count
 
 
-def resolve_boost(boost: object, clients_per_round: int, server_lr: float) -> float:
-    """``attack.boost``: a number, or ``auto`` = clients per round / server learning rate, the
-    factor with which one attacker's update replaces the global model under FedAvg
-    (Bagdasaryan et al. 2020, "How To Backdoor Federated Learning", eq. 3)."""
-    if boost == "auto":
-        return float(clients_per_round) / float(server_lr)
-    return float(boost)  # type: ignore[arg-type]
-
-
 class ConfigError(ValueError):
     """A config value is out of range or inconsistent with another."""
 
@@ -185,8 +176,32 @@ def validate(cfg: DictConfig) -> None:
         resources.num_gpus >= 0,
         f"backend.client_resources.num_gpus={resources.num_gpus!r} must be >= 0",
     )
+    _check_defense_runs(cfg)
+
     parallel = cfg.backend.get("parallel_runs", 1)
     _require(
         isinstance(parallel, int) and not isinstance(parallel, bool) and parallel >= 1,
         f"backend.parallel_runs={parallel!r} must be an integer >= 1",
     )
+
+
+def _check_defense_runs(cfg: DictConfig) -> None:
+    """A rule that can never run with ``clients_per_round`` updates (Bulyan with
+    ``n < 4f + 3``, Krum with ``n <= 2f + 2``, ...) stops the run here, naming the keys; a
+    setting the rule refuses stops it too (``defense.<key>`` named by the rule's message)."""
+    from fedbackdoor.defenses.pipeline import build_defense  # noqa: PLC0415 (heavy imports)
+    from fedbackdoor.server_step import check_rule_runs  # noqa: PLC0415
+
+    try:
+        defense = build_defense(cfg.defense)
+    except Exception as exc:  # Hydra wraps the rule's own error: keep its last line
+        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        raise ConfigError(f"defense: {message}") from None
+    try:
+        check_rule_runs(
+            defense,
+            int(cfg.clients_per_round),
+            keys=f"clients_per_round={cfg.clients_per_round}",
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

@@ -21,13 +21,14 @@ from torch import Tensor, nn
 
 from fedbackdoor.attacks import updates as updates_lib
 from fedbackdoor.attacks.constraints import LocalConstraint
-from fedbackdoor.config import resolve_boost
 from fedbackdoor.data.datasets import ImageData, get_dataset
 from fedbackdoor.defenses.pipeline import Defense, build_defense
+from fedbackdoor.layout import Layout
 from fedbackdoor.metrics import Evaluator
 from fedbackdoor.models import resolve_device
 from fedbackdoor.sampling import AttackSchedule
 from fedbackdoor.seeding import make_generator, seeded_init
+from fedbackdoor.server_step import RootUpdate
 from fedbackdoor.training import TrainResult, train
 
 UpdateAttack = Callable[..., Tensor]
@@ -37,7 +38,13 @@ class Poison(Protocol):
     """The signature of every ``attack.poison`` function (:mod:`fedbackdoor.attacks.poison`)."""
 
     def __call__(
-        self, x: Tensor, y: Tensor, *, generator: torch.Generator, attacker_index: int
+        self,
+        x: Tensor,
+        y: Tensor,
+        *,
+        generator: torch.Generator,
+        attacker_index: int,
+        num_attackers: int,
     ) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
@@ -71,8 +78,8 @@ def build_model(cfg: DictConfig, data: ImageData) -> nn.Module:
 
 
 def build_poison(cfg: DictConfig) -> Poison | None:
-    """A malicious client's data poisoning ``(x, y, *, generator, attacker_index) -> (x', y',
-    poisoned)``, or ``None`` for attacks that only poison updates."""
+    """A malicious client's data poisoning ``(x, y, *, generator, attacker_index,
+    num_attackers) -> (x', y', poisoned)``, or ``None`` for attacks that only poison updates."""
     if cfg.attack.get("poison") is None:
         return None
     poison: Poison = instantiate(cfg.attack.poison)
@@ -101,17 +108,27 @@ def build_defense_pipeline(cfg: DictConfig) -> Defense:
     return build_defense(cfg.defense)
 
 
-RootUpdate = Callable[[dict[str, Tensor], int], dict[str, Tensor]]
+def client_steps(cfg: DictConfig, partitions: list[np.ndarray]) -> int:
+    """The local SGD iterations of a typical client: ``local_epochs x ceil(m / batch_size)``
+    with ``m`` the median partition size."""
+    sizes = sorted(len(p) for p in partitions)
+    median = sizes[len(sizes) // 2] if sizes else 1
+    return int(cfg.local_epochs) * max(1, -(-median // int(cfg.batch_size)))
 
 
-def build_root_update(cfg: DictConfig, data: ImageData) -> RootUpdate | None:
+def build_root_update(
+    cfg: DictConfig, data: ImageData, partitions: list[np.ndarray], trainable: frozenset[str]
+) -> RootUpdate | None:
     """The server's own training on a small clean root dataset (FLTrust, Cao et al. 2021), when
     the defense asks for one (``defense.root_size``), else ``None``.
 
     The root data are ``defense.root_size`` training samples drawn from the seed (the paper's
-    server collects a small clean sample of the task's distribution); the server trains the
-    global model on them with the clients' settings (``local_epochs``, ``batch_size``, ``lr``)
-    through the one training loop.
+    server collects a small clean sample of the task's distribution). As in the paper, the
+    server takes the same number of local iterations as a client (:func:`client_steps`, with the
+    clients' batch size and learning rate: it cycles through its root data, reshuffled every
+    pass), so that its update has a client's magnitude; epochs over 100 root samples would give
+    a 4-19x smaller update and, through FLTrust's rescaling, a 4-19x smaller global step.
+    Returns the reference update of the trainable parameters.
     """
     size = cfg.defense.get("root_size")
     if size is None:
@@ -120,15 +137,18 @@ def build_root_update(cfg: DictConfig, data: ImageData) -> RootUpdate | None:
     chosen = torch.randperm(len(data.y_train), generator=make_generator(seed, "root"))[:size]
     x, y = data.x_train[chosen], data.y_train[chosen]
     model = build_model(cfg, data)
+    layout = Layout.of(model.state_dict(), trainable)
     device = resolve_device(str(cfg.device))
+    steps = client_steps(cfg, partitions)
 
-    def root_update(state: dict[str, Tensor], round_: int) -> dict[str, Tensor]:
-        model.load_state_dict(state)
+    def root_update(params: Tensor, buffers: Tensor, round_: int) -> Tensor:
+        model.load_state_dict(layout.unflatten(params, buffers))
         train(
             model,
             x,
             y,
-            epochs=int(cfg.local_epochs),
+            epochs=-(-steps * int(cfg.batch_size) // len(y)),
+            steps=steps,
             batch_size=int(cfg.batch_size),
             lr=float(cfg.lr),
             momentum=float(cfg.momentum),
@@ -136,7 +156,7 @@ def build_root_update(cfg: DictConfig, data: ImageData) -> RootUpdate | None:
             generator=make_generator(seed, "root-train", round_),
             device=device,
         )
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return layout.flatten(model.state_dict()) - params
 
     return root_update
 
@@ -151,15 +171,23 @@ def build_schedule(cfg: DictConfig) -> AttackSchedule:
 
 
 def build_update_attack(cfg: DictConfig) -> UpdateAttack:
-    """The server-side model poisoning ``(updates, malicious, *, generator) -> updates``:
-    ``attack.update.apply`` (if any), then every malicious update times ``attack.boost``."""
+    """The server-side model poisoning ``(updates, malicious, *, weights, generator) ->
+    updates``: ``attack.update.apply`` (if any), then the boost: ``attack.boost=auto`` is
+    :func:`~fedbackdoor.attacks.updates.model_replacement` (the factor that makes the round's
+    attackers replace the global model under FedAvg, computed per round from the sample
+    weights, the number of attackers and ``server_lr``), a number multiplies every malicious
+    update by itself."""
     update = cfg.attack.get("update") or {}
     steps = []
     if update.get("apply") is not None:
         steps.append(instantiate(update["apply"]))
-    boost = resolve_boost(cfg.attack.get("boost", 1.0), cfg.clients_per_round, cfg.server_lr)
-    if boost != 1.0:
-        steps.append(functools.partial(updates_lib.scale, boost=boost))
+    boost = cfg.attack.get("boost", 1.0)
+    if boost == "auto":
+        steps.append(
+            functools.partial(updates_lib.model_replacement, server_lr=float(cfg.server_lr))
+        )
+    elif float(boost) != 1.0:
+        steps.append(functools.partial(updates_lib.scale, boost=float(boost)))
     return functools.partial(updates_lib.chain, steps=tuple(steps))
 
 
@@ -187,6 +215,7 @@ class ClientSpec:
     malicious: bool
     indices: np.ndarray
     attacker_index: int = 0  # rank among the malicious clients (DBA's trigger part)
+    num_attackers: int = 1  # malicious clients in the federation (DBA spreads its parts)
 
 
 @functools.lru_cache(maxsize=4)
@@ -253,6 +282,7 @@ def client_update(
             y,
             generator=make_generator(int(cfg.seed), "poison", spec.partition),
             attacker_index=spec.attacker_index,
+            num_attackers=spec.num_attackers,
         )
     model.load_state_dict(global_state)
     model.to(device)

@@ -36,22 +36,32 @@ class Evaluator:
     def columns(self) -> tuple[str, ...]:
         """The metric names this evaluator returns, in order."""
         parts = tuple(f"backdoor_acc_part{i}" for i in range(len(self.parts)))
-        return ("main_acc", "main_loss", "backdoor_acc", *parts)
+        return ("main_acc", "main_loss", "backdoor_acc", *parts, "diverged")
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
         """``main_acc``, ``main_loss``, ``backdoor_acc`` (and ``backdoor_acc_part<i>``) of
-        ``model`` (accuracies are fractions in [0, 1])."""
-        main_acc, main_loss = evaluate(
+        ``model`` (accuracies are fractions in [0, 1]), and ``diverged``: 1 if a parameter or
+        buffer of the model, or its output on any test input, is not finite (such outputs never
+        count as correct, see :func:`~fedbackdoor.training.evaluate`), else 0."""
+        clean = evaluate(
             model, self.x_test, self.y_test, batch_size=self.batch_size, device=self.device
         )
-        backdoor_acc, _ = evaluate(
+        backdoor = evaluate(
             model, self.x_backdoor, self.y_backdoor, batch_size=self.batch_size, device=self.device
         )
-        result = {"main_acc": main_acc, "main_loss": main_loss, "backdoor_acc": backdoor_acc}
+        result = {"main_acc": clean.accuracy, "main_loss": clean.loss}
+        result["backdoor_acc"] = backdoor.accuracy
+        broken = clean.nonfinite > 0 or backdoor.nonfinite > 0
         for i, (x_part, y_part) in enumerate(self.parts):
-            result[f"backdoor_acc_part{i}"], _ = evaluate(
-                model, x_part, y_part, batch_size=self.batch_size, device=self.device
-            )
+            part = evaluate(model, x_part, y_part, batch_size=self.batch_size, device=self.device)
+            result[f"backdoor_acc_part{i}"] = part.accuracy
+            broken = broken or part.nonfinite > 0
+        finite_state = all(
+            bool(torch.isfinite(v).all())
+            for v in model.state_dict().values()
+            if v.is_floating_point()
+        )
+        result["diverged"] = float(broken or not finite_state)
         return result
 
 

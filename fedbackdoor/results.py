@@ -40,6 +40,9 @@ COLUMNS: tuple[str, ...] = (
     "det_fp",
     "det_tpr",
     "det_fpr",
+    "mal_influence",
+    "skipped",
+    "diverged",
     "seconds",
     "aggregate_seconds",
 )
@@ -145,6 +148,9 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "rounds_to_threshold",
     "det_tpr",
     "det_fpr",
+    "mean_influence",
+    "rounds_skipped",
+    "rounds_diverged",
     "seconds_per_round",
     "aggregate_share",
     "rounds",
@@ -434,6 +440,17 @@ def _aggregate_share(trained: pd.DataFrame) -> float:
     return _ratio(timed["aggregate_seconds"], timed["seconds"]) if len(timed) else math.nan
 
 
+def _mean_influence(trained: pd.DataFrame) -> float:
+    if "mal_influence" not in trained:
+        return math.nan
+    attacked = trained[(trained["n_malicious"] > 0) & trained["mal_influence"].notna()]
+    return float(attacked["mal_influence"].mean()) if len(attacked) else math.nan
+
+
+def _count(trained: pd.DataFrame, column: str) -> int:
+    return int((trained[column].fillna(0) > 0).sum()) if column in trained else 0
+
+
 def summarize(rounds: pd.DataFrame, *, threshold: float = 0.5) -> pd.DataFrame:
     """One row per run of a :func:`gather_runs` table: its identifying columns, then
 
@@ -452,6 +469,13 @@ def summarize(rounds: pd.DataFrame, *, threshold: float = 0.5) -> pd.DataFrame:
         over the whole run: the malicious clients flagged / the malicious clients sampled, and
         the benign clients flagged / the benign clients sampled, summed over the rounds whose
         detection columns are filled; NaN when the defense flags nobody by design;
+    ``mean_influence``
+        the mean over rounds >= 1 with a malicious update aggregated of ``mal_influence``, the
+        share of the aggregate's weight that came from malicious updates; NaN if none;
+    ``rounds_skipped``, ``rounds_diverged``
+        rounds >= 1 in which the global model was not updated (the rule could not run, no
+        valid update, a non-finite aggregate), and rounds whose global model computed a
+        non-finite output on a test input;
     ``seconds_per_round``
         the mean of ``seconds`` over rounds >= 1;
     ``aggregate_share``
@@ -481,6 +505,9 @@ def summarize(rounds: pd.DataFrame, *, threshold: float = 0.5) -> pd.DataFrame:
             rounds_to_threshold=float(above["round"].iloc[0]) if len(above) else math.nan,
             det_tpr=detected["det_tpr"],
             det_fpr=detected["det_fpr"],
+            mean_influence=_mean_influence(trained),
+            rounds_skipped=_count(trained, "skipped"),
+            rounds_diverged=_count(trained, "diverged"),
             seconds_per_round=float(trained["seconds"].mean()) if len(trained) else math.nan,
             aggregate_share=_aggregate_share(trained),
             rounds=len(trained),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 
@@ -67,9 +68,41 @@ class AttackSchedule:
 
 
 def malicious_count(num_clients: int, fraction: float) -> int:
-    """``fraction * num_clients`` rounded half up (0.5 client -> 1; Python's ``round`` would
-    give 0 for 0.5 but 2 for 1.5)."""
-    return math.floor(fraction * num_clients + 0.5)
+    """The number of malicious clients: ``fraction * num_clients`` rounded half up, exactly.
+
+    The product is taken on the decimal the user wrote, not on its binary approximation:
+    ``fraction`` is read back through ``repr`` (the shortest decimal that round-trips, e.g.
+    ``0.29``) into a :class:`fractions.Fraction`. In floating point ``0.29 * 50`` is
+    ``14.499999999999998`` and ``floor(x + 0.5)`` gives 14; the exact product is 14.5, which
+    rounds half up to 15. Halves always go up (0.5 client -> 1, 1.5 -> 2), unlike Python's
+    ``round``, which sends them to the even integer (0.5 -> 0, 1.5 -> 2).
+
+    Parameters
+    ----------
+    num_clients : int
+        Size of the federation, ``>= 0``.
+    fraction : float
+        Share of malicious clients (``attack.fraction``), in ``[0, 1]``.
+
+    Returns
+    -------
+    int
+        ``floor(F * num_clients + 1/2)`` in exact rational arithmetic, ``F`` the decimal value
+        of ``fraction``; between 0 and ``num_clients``.
+
+    Raises
+    ------
+    ValueError
+        If ``num_clients`` is not an integer ``>= 0`` or ``fraction`` not a number in ``[0, 1]``.
+    """
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 0:
+        raise ValueError(f"num_clients={num_clients!r} must be an integer >= 0")
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+        raise ValueError(f"attack.fraction={fraction!r} must be a number in [0, 1]")
+    if not 0.0 <= fraction <= 1.0:  # also rejects nan
+        raise ValueError(f"attack.fraction={fraction!r} must be in [0, 1]")
+    exact = Fraction(repr(float(fraction))) * num_clients
+    return math.floor(exact + Fraction(1, 2))
 
 
 def choose_malicious(

@@ -40,22 +40,3 @@ def seeded_init(seed: int, *tags: object) -> Iterator[None]:
     with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, *tags))
         yield
-
-
-@contextlib.contextmanager
-def seeded_numpy_global(seed: int, *tags: object) -> Iterator[None]:
-    """Run a block with numpy's global RNG seeded, then restore its state.
-
-    For third-party code that draws from ``np.random`` and takes no generator: Flower's
-    central-DP wrappers draw their noise with ``np.random.normal``. The caller's own draws
-    from ``np.random`` before and after the block are not shifted.
-    """
-    import numpy as np
-
-    with _GLOBAL_RNG:
-        state = np.random.get_state()  # noqa: NPY002 (the global RNG is the point)
-        np.random.seed(derive_seed(seed, *tags) % 2**32)  # noqa: NPY002
-        try:
-            yield
-        finally:
-            np.random.set_state(state)  # noqa: NPY002

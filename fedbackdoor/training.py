@@ -9,6 +9,7 @@ drawn from the caller's ``torch.Generator`` only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +39,7 @@ def train(
     weight_decay: float = 0.0,
     device: torch.device | str = "cpu",
     constraint: LocalConstraint | None = None,
+    steps: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with mini-batch SGD on ``(x, y)``.
 
@@ -55,6 +57,9 @@ def train(
         CPU generator for the shuffling of each epoch.
     device : torch.device or str
         Where to compute.
+    steps : int, optional
+        Stop after this many optimizer steps (``epochs`` must allow at least as many): a
+        fixed number of iterations, as FLTrust's server takes.
     constraint : LocalConstraint, optional
         A malicious client's training-time attack (:mod:`fedbackdoor.attacks.constraints`):
         ``after_backward`` runs before every optimizer step, ``after_step`` after it. Built
@@ -66,6 +71,8 @@ def train(
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs={epochs} and batch_size={batch_size} must both be >= 1")
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps={steps} must be >= 1 (or None)")
     n = int(y.shape[0])
     if n == 0:
         raise ValueError("cannot train on an empty dataset")
@@ -75,10 +82,12 @@ def train(
         model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
     )
     loss_fn = nn.CrossEntropyLoss()
-    total, steps = 0.0, 0
+    total, taken = 0.0, 0
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator).to(device)
         for start in range(0, n, batch_size):
+            if steps is not None and taken >= steps:
+                break
             idx = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x[idx]), y[idx])
@@ -89,8 +98,17 @@ def train(
             if constraint is not None:
                 constraint.after_step()
             total += float(loss.detach())
-            steps += 1
-    return TrainResult(num_examples=n, mean_loss=total / steps, steps=steps)
+            taken += 1
+    return TrainResult(num_examples=n, mean_loss=total / taken, steps=taken)
+
+
+class Evaluation(NamedTuple):
+    """What :func:`evaluate` measures."""
+
+    accuracy: float
+    loss: float
+    #: Share of inputs whose logits hold a NaN or an infinity (never counted as correct).
+    nonfinite: float
 
 
 @torch.no_grad()
@@ -101,27 +119,34 @@ def evaluate(
     *,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
-) -> tuple[float, float]:
+) -> Evaluation:
     """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``.
 
     Backdoor accuracy is this function's accuracy on the triggered test set (see
     :func:`fedbackdoor.metrics.backdoor_accuracy`), so clean and backdoor figures can never be
     computed differently.
 
+    A prediction counts only where the model's logits are finite: the argmax of a row holding
+    NaN is 0 (or wherever the NaN is), and would otherwise count as class 0 -- a diverged model
+    would read backdoor accuracy 1.0 for target 0.
+
     Returns
     -------
-    (accuracy, loss) : tuple of float
-        Accuracy as a fraction in [0, 1]; ``(nan, nan)`` for an empty set.
+    Evaluation
+        Accuracy as a fraction in [0, 1], mean cross-entropy, and the share of inputs whose
+        logits are not all finite; ``(nan, nan, 0)`` for an empty set.
     """
     n = int(y.shape[0])
     if n == 0:
-        return float("nan"), float("nan")
+        return Evaluation(float("nan"), float("nan"), 0.0)
     model.to(device).eval()
-    correct, loss_sum = 0, 0.0
+    correct, loss_sum, broken = 0, 0.0, 0
     for start in range(0, n, batch_size):
         xb = x[start : start + batch_size].to(device)
         yb = y[start : start + batch_size].to(device)
         logits = model(xb)
+        finite = torch.isfinite(logits).all(dim=1)
         loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == yb).sum())
-    return correct / n, loss_sum / n
+        correct += int(((logits.argmax(dim=1) == yb) & finite).sum())
+        broken += int((~finite).sum())
+    return Evaluation(correct / n, loss_sum / n, broken / n)

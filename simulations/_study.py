@@ -31,7 +31,7 @@ PAPER = [
 
 def run_study(
     name: str,
-    grids: Mapping[str, Sequence[str]],
+    grids: Mapping[str, Sequence[str] | Sequence[Sequence[str]]],
     argv: Sequence[str],
     *,
     description: str,
@@ -44,7 +44,8 @@ def run_study(
         The study's name (its default output folder).
     grids : mapping
         ``{"small": overrides, "paper": overrides}``; each a list of Hydra overrides, sweeps
-        with commas (``attack.fraction=0,0.1``).
+        with commas (``attack.fraction=0,0.1``), or a list of such lists: several sweeps, each
+        in its own folder ``part<i>`` of the study, reported together.
     argv : sequence of str
         The command line: ``[--scale small|paper] [--out DIR] [OVERRIDES ...]``; extra
         overrides are appended (e.g. ``device=cuda``).
@@ -64,8 +65,16 @@ def run_study(
     from fedbackdoor.report import describe, write_report
 
     started = time.perf_counter()
-    overrides = [*grids[args.scale], *args.overrides, f"hydra.sweep.dir={out.resolve()}"]
-    cli(["run", "-m", *overrides])
+    grid = grids[args.scale]
+    parts = [list(grid)] if isinstance(grid[0], str) else [list(g) for g in grid]
+    for i, part in enumerate(parts):
+        folder = out if len(parts) == 1 else out / f"part{i}"
+        overrides = [*part, *args.overrides, f"hydra.sweep.dir={folder.resolve()}"]
+        try:
+            cli(["run", "-m", *overrides])
+        except SystemExit as exc:  # a sweep with failed runs: go on, the report says which
+            if exc.code not in (None, 0):
+                print(f"{name}: sweep {i} exited with {exc.code}", flush=True)
     report = write_report(out)
     for line in describe(report):
         print(line)

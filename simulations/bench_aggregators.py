@@ -4,10 +4,11 @@ For n = 10, 50, 100 clients and a model of about 1.2M parameters, in one process
 ``conf/defense`` option built from its config:
 
 * ``rule``: the pure function on the stacked updates (``fedbackdoor.defenses``);
-* ``ours``: the whole server step of :class:`~fedbackdoor.fl.strategy.DefenseStrategy`
-  (decode the replies, validate, aggregate, re-encode; for FLTrust the server's root update is
-  a fixed vector here, its training is not timed; for the ``flower_dp_*`` options the whole
-  stack: :class:`~fedbackdoor.fl.strategy.AttackFirst`, Flower's wrapper, our strategy);
+* ``step``: the Flower-free server step (:class:`~fedbackdoor.server_step.ServerStep`:
+  screening, the defense, the new global parameters; for FLTrust the server's root update is
+  a fixed vector here, its training is not timed);
+* ``ours``: the same through :class:`~fedbackdoor.fl.strategy.DefenseStrategy`, from Flower's
+  reply messages to the new global model's ``ArrayRecord`` (decoding and encoding included);
 * ``flower``: the same replies through Flower's strategy with the same rule
   (``FedMedian``, ``FedTrimmedAvg``, ``Krum``, ``MultiKrum``, ``Bulyan``), where there is one;
 
@@ -36,9 +37,9 @@ from fedbackdoor.attacks.updates import identity
 from fedbackdoor.cli import CONF_DIR, compose_config
 from fedbackdoor.defenses.pipeline import Defense, build_defense
 from fedbackdoor.fl.arrays import to_record
-from fedbackdoor.fl.server_app import wrap_strategy
-from fedbackdoor.fl.strategy import AttackFirst, DefenseStrategy
+from fedbackdoor.fl.strategy import DefenseStrategy
 from fedbackdoor.seeding import make_generator
+from fedbackdoor.server_step import ServerStep
 
 # 12 tensors of 100k floats: a 1.2M-parameter model.
 SHAPES = [(100, 1000)] * 12
@@ -46,7 +47,7 @@ SHAPES = [(100, 1000)] * 12
 
 def rules(
     n: int, only: list[str] | None = None
-) -> dict[str, tuple[Defense, Callable[[], Any] | None, Any]]:
+) -> dict[str, tuple[Defense, Callable[[], Any] | None]]:
     """Every ``conf/defense`` option (or those in ``only``), built from its config, with
     Flower's equivalent."""
     f = max(1, (n - 3) // 4)  # Bulyan's largest f for n (n >= 4f + 3)
@@ -74,8 +75,7 @@ def rules(
     for name in names:
         cfg = compose_config([f"defense={name}", f"clients_per_round={n}", f"num_clients={n}",
                               *settings.get(name, [])])  # fmt: skip
-        # Flower's wrapper (defense.wrapper) around our strategy, if the option has one.
-        built[name] = (build_defense(cfg.defense), flower.get(name), cfg.defense.get("wrapper"))
+        built[name] = (build_defense(cfg.defense), flower.get(name))
     return built
 
 
@@ -104,7 +104,8 @@ def main() -> None:
     global_state = {f"layer{i}": torch.randn(s, generator=gen) for i, s in enumerate(SHAPES)}
     dim = sum(int(np.prod(s)) for s in SHAPES)
     print(f"model: {dim / 1e6:.2f}M parameters; seconds are the best of {args.repeat}")
-    print(f"{'rule':<20}{'n':>4}{'rule s':>9}{'ours s':>9}{'flower s':>10}{'flower/ours':>13}")
+    header = f"{'rule':<20}{'n':>4}{'rule s':>9}{'step s':>9}{'ours s':>9}{'flower s':>10}"
+    print(f"{header}{'flower/ours':>13}")
     for n in args.sizes:
         updates = 0.01 * torch.randn(n, dim, generator=gen)
         weights = torch.full((n,), 100.0)
@@ -114,35 +115,48 @@ def main() -> None:
             malicious_set=frozenset(),
             clients_per_round=n,
             per_round=None,
-            update_attack=identity,
-            server_lr=1.0,
+            trainable=frozenset(global_state),
             sample_generator=make_generator(0, "s"),
-            attack_generator=make_generator(0, "a"),
-            defense_generator=make_generator(0, "d"),
         )
         nodes = list(range(1, n + 1))
         grid = type("Grid", (), {"get_node_ids": staticmethod(lambda nodes=nodes: nodes)})()
         reference = 0.01 * torch.randn(dim, generator=gen)  # FLTrust's server update
 
-        def root_update(state: dict, round_: int, r: torch.Tensor = reference) -> dict:
-            flat = torch.cat([v.flatten() for v in state.values()]) + r
-            pieces = flat.split([v.numel() for v in state.values()])
-            return {k: p.view(v.shape) for (k, v), p in zip(state.items(), pieces, strict=True)}
+        def root_update(
+            params: torch.Tensor, buffers: torch.Tensor, round_: int, r: torch.Tensor = reference
+        ) -> torch.Tensor:
+            return r
 
-        for name, (defense, flower_cls, wrapper) in rules(n, args.rules).items():
+        global_params = torch.cat([v.flatten() for v in global_state.values()])
+        no_buffers = torch.zeros(n, 0, dtype=torch.float64)
+        for name, (defense, flower_cls) in rules(n, args.rules).items():
             context = {"reference": reference} if name == "fltrust" else {}
             rule_s = best_of(
                 args.repeat,
                 lambda d=defense, u=updates, w=weights, c=context: d(u, w, generator=gen, **c),  # type: ignore[misc]
             )
-            strategy = DefenseStrategy(
+            step = ServerStep(
                 defense=defense,
+                update_attack=identity,
+                server_lr=1.0,
+                attack_generator=make_generator(0, "a"),
+                defense_generator=make_generator(0, "d"),
                 root_update=root_update if context else None,
-                **strategy_args,  # type: ignore[arg-type]
+                keep_history=bool(compose_config([f"defense={name}"]).defense.get("history")),
             )
-            outer: Any = strategy
-            if wrapper is not None:  # the whole stack: attack stage, Flower's wrapper, ours
-                outer = AttackFirst(wrap_strategy(wrapper, strategy), strategy, identity, 0)
+            step_args = (
+                global_params,
+                torch.zeros(0, dtype=torch.float64),
+                updates,
+                no_buffers,
+                weights,
+                torch.zeros(n, dtype=torch.bool),
+            )
+            step_s = best_of(
+                args.repeat,
+                lambda s=step, a=step_args, c=list(range(n)): s(*a, round=1, clients=c),  # type: ignore[misc]
+            )
+            outer = DefenseStrategy(step=step, **strategy_args)  # type: ignore[arg-type]
             msgs = list(outer.configure_train(1, to_record(global_state), ConfigRecord(), grid))
 
             def make_replies(msgs: list[Message] = msgs, u: torch.Tensor = updates) -> tuple:
@@ -174,7 +188,7 @@ def main() -> None:
                     args.repeat, lambda r, t=theirs: t.aggregate_train(1, r), make_replies
                 )
                 flower = f"{flower_s:>10.2f}{flower_s / ours_s:>13.2f}"
-            print(f"{name:<20}{n:>4}{rule_s:>9.2f}{ours_s:>9.2f}{flower}", flush=True)
+            print(f"{name:<20}{n:>4}{rule_s:>9.2f}{step_s:>9.2f}{ours_s:>9.2f}{flower}", flush=True)
 
 
 if __name__ == "__main__":

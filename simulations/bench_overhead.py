@@ -49,7 +49,8 @@ from fedbackdoor.experiment import (
     build_partitions,
     client_update,
 )
-from fedbackdoor.fl.arrays import Layout
+from fedbackdoor.layout import Layout, trainable_names
+from fedbackdoor.server_step import weighted_buffers
 from fedbackdoor.sampling import choose_malicious, sample_round
 from fedbackdoor.seeding import make_generator
 
@@ -102,12 +103,15 @@ def ideal_rounds(cfg, workers: int) -> list[float]:  # type: ignore[no-untyped-d
                 for p, m in zip(sample.partitions, sample.malicious, strict=True)
             ]
             states = pool.map(_train, jobs, chunksize=1)
-            layout = Layout.of(state)
+            layout = Layout.of(state, trainable_names(model))
             glob = layout.flatten(state)
             updates = torch.stack([layout.flatten(s) - glob for s in states])
             weights = torch.tensor([float(len(partitions[p])) for p in sample.partitions])
             agg = defense(updates, weights, generator=make_generator(seed, "defense"))
-            model.load_state_dict(layout.unflatten(glob + agg.update))
+            buffers = torch.stack([layout.flatten_buffers(s) for s in states])
+            model.load_state_dict(
+                layout.unflatten(glob + agg.update, weighted_buffers(buffers, weights))
+            )
             evaluator(model)
             times.append(time.perf_counter() - start)
     return times

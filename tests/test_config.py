@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from fedbackdoor.cli import compose_config
-from fedbackdoor.config import ConfigError, resolve_boost, validate
+from fedbackdoor.config import ConfigError, validate
 
 
 def test_default_config_composes_and_is_valid() -> None:
@@ -19,52 +22,15 @@ def test_default_config_composes_and_is_valid() -> None:
     assert cfg.defense.rule._target_.endswith("aggregators.mean")
 
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
 @pytest.mark.parametrize(
     "group_option",
     [
-        f"{g}={o}"
-        for g, opts in {
-            "dataset": ["fashion_mnist", "mnist", "cifar10", "synthetic"],
-            "model": ["cnn", "resnet18"],
-            "partition": ["iid", "dirichlet"],
-            "attack": [
-                "none",
-                "badnets",
-                "sign_flip",
-                "gaussian",
-                "alie",
-                "ipm",
-                "minmax",
-                "minsum",
-                "blend",
-                "dba",
-                "label_flip",
-                "edge_case",
-                "scaling",
-                "pgd",
-                "neurotoxin",
-                "corrupt",
-            ],
-            "defense": [
-                "fedavg",
-                "clip",
-                "adaptive_clip",
-                "dp",
-                "median",
-                "trimmed_mean",
-                "krum",
-                "multikrum",
-                "bulyan",
-                "geomed",
-                "centered_clip",
-                "foolsgold",
-                "flame",
-                "fltrust",
-                "rlr",
-                "dnc",
-            ],
-        }.items()
-        for o in opts
+        f"{group}={path.stem}"
+        for group in ("dataset", "model", "partition", "attack", "defense")
+        for path in sorted((CONF / group).glob("*.yaml"))
     ],
 )
 def test_every_documented_option_composes_and_validates(group_option: str) -> None:
@@ -120,11 +86,24 @@ def test_unknown_group_option_names_the_group() -> None:
         compose_config(["defense=nonexistent"])
 
 
-def test_boost_auto_is_clients_per_round_over_server_lr() -> None:
-    cfg = compose_config(["attack.boost=auto", "clients_per_round=8", "server_lr=0.5"])
+def test_boost_auto_is_model_replacement_with_the_configured_server_lr() -> None:
+    from fedbackdoor.experiment import build_update_attack
 
+    cfg = compose_config(["attack.boost=auto", "clients_per_round=8", "server_lr=0.5"])
     validate(cfg)
-    assert resolve_boost(cfg.attack.boost, cfg.clients_per_round, cfg.server_lr) == 16.0
+    attack = build_update_attack(cfg)
+    malicious = torch.tensor([True] + [False] * 7)
+
+    boosted = attack(torch.ones(8, 2), malicious, weights=torch.ones(8), generator=None)
+
+    assert torch.equal(boosted[0], torch.full((2,), 16.0))  # n / eta with one attacker
+
+
+def test_a_defense_that_can_never_run_stops_at_start_naming_the_keys() -> None:
+    cfg = compose_config(["defense=bulyan", "defense.f=3", "clients_per_round=10"])
+
+    with pytest.raises(ConfigError, match=r"clients_per_round=10.*n >= 4f \+ 3"):
+        validate(cfg)
 
 
 @pytest.mark.parametrize(

@@ -135,3 +135,40 @@ def test_attackers_train_with_their_own_learning_rate() -> None:
     malicious = _update_norm(cfg_yaml, state, ClientSpec(1, 0, True, indices))
 
     assert malicious == pytest.approx(4 * benign, rel=1e-4)
+
+
+def test_fltrusts_root_update_takes_as_many_iterations_as_a_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: clients of 30 samples, batch 4, 2 local epochs -> 2 x ceil(30 / 4) = 16 steps;
+    # the server's 10 root samples would give 2 x 3 = 6 steps if it trained epochs instead.
+    import fedbackdoor.experiment as experiment
+    from fedbackdoor.layout import Layout, trainable_names
+
+    cfg = compose_config([*SMALL, "defense=fltrust", "defense.root_size=10", "batch_size=4",
+                          "local_epochs=2"])  # fmt: skip
+    data = build_data(cfg)
+    partitions = [np.arange(i * 30, i * 30 + 30) for i in range(4)]
+    model = build_model(cfg, data)
+    taken: list[int] = []
+    real_train = experiment.train
+
+    def counting_train(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = real_train(*args, **kwargs)
+        taken.append(result.steps)
+        return result
+
+    monkeypatch.setattr(experiment, "train", counting_train)
+    root_update = experiment.build_root_update(cfg, data, partitions, trainable_names(model))
+    layout = Layout.of(model.state_dict(), trainable_names(model))
+
+    # Execute
+    assert root_update is not None
+    reference = root_update(
+        layout.flatten(model.state_dict()), layout.flatten_buffers(model.state_dict()), 1
+    )
+
+    # Assert
+    assert experiment.client_steps(cfg, partitions) == 16
+    assert taken == [16]
+    assert reference.shape == (layout.dim,) and float(reference.norm()) > 0

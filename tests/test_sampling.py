@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fedbackdoor.sampling import AttackSchedule, choose_malicious, sample_round
+from fedbackdoor.sampling import AttackSchedule, choose_malicious, malicious_count, sample_round
 from fedbackdoor.seeding import make_generator
 
 
@@ -22,6 +24,68 @@ def test_choose_malicious_rounds_the_count(fraction: float, expected: int) -> No
 def test_choose_malicious_rejects_fraction_outside_unit_interval() -> None:
     with pytest.raises(ValueError, match="attack.fraction=1.5"):
         choose_malicious(10, 1.5, generator=torch.Generator())
+
+
+@pytest.mark.parametrize(
+    ("num_clients", "fraction", "expected"),
+    [
+        (50, 0.29, 15),  # 14.5 exactly; in floats 0.29 * 50 = 14.499999999999998
+        (20, 0.1, 2),
+        (10, 0.05, 1),  # 0.5 rounds up
+        (10, 0.15, 2),  # 1.5 rounds up (round() would give 2 too, but 0 for 0.5)
+        (10, 0.7, 7),  # 0.7 * 10 = 7.000000000000001 in floats
+        (100, 0.145, 15),  # 14.5 exactly; 14.499999999999998 in floats
+        (10, 0.04, 0),
+        (10, 0.0, 0),
+        (10, 1.0, 10),
+        (0, 0.5, 0),
+        (7, 1, 7),  # an int fraction (YAML `1`)
+    ],
+)
+def test_malicious_count_rounds_the_typed_decimal_half_up(
+    num_clients: int, fraction: float, expected: int
+) -> None:
+    assert malicious_count(num_clients, fraction) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    num_clients=st.integers(min_value=0, max_value=10_000),
+    digits=st.integers(min_value=0, max_value=6),
+    data=st.data(),
+)
+def test_malicious_count_equals_exact_rational_rounding(
+    num_clients: int, digits: int, data: st.DataObject
+) -> None:
+    # Prepare: the user types the decimal k / 10**digits in [0, 1]
+    scale = 10**digits
+    k = data.draw(st.integers(min_value=0, max_value=scale))
+    # Exact half-up rounding of k * n / scale in integers only: floor((2kn + scale) / (2 scale)).
+    expected = (2 * k * num_clients + scale) // (2 * scale)
+
+    # Execute: the float the user's decimal parses to
+    count = malicious_count(num_clients, k / scale)
+
+    # Assert
+    assert count == expected
+    assert 0 <= count <= num_clients
+
+
+@pytest.mark.parametrize(
+    ("num_clients", "fraction", "message"),
+    [
+        (10, -0.1, "attack.fraction"),
+        (10, float("nan"), "attack.fraction"),
+        (10, "0.1", "attack.fraction"),
+        (-1, 0.1, "num_clients"),
+        (2.0, 0.1, "num_clients"),
+    ],
+)
+def test_malicious_count_rejects_bad_arguments(
+    num_clients: object, fraction: object, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        malicious_count(num_clients, fraction)  # type: ignore[arg-type]
 
 
 def test_same_seed_same_rounds_and_different_seed_different_rounds() -> None:

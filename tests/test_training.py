@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedbackdoor.defenses.aggregators import mean
-from fedbackdoor.fl.arrays import Layout
+from fedbackdoor.layout import Layout, trainable_names
 from fedbackdoor.models import SmallCNN
 from fedbackdoor.training import evaluate, train
 
@@ -23,7 +23,7 @@ def test_fedavg_of_full_batch_steps_equals_one_step_on_the_union() -> None:
     torch.manual_seed(0)
     start = SmallCNN(1, 3, (8, 8))
     (xa, ya), (xb, yb) = _data(7, 1), _data(13, 2)
-    layout = Layout.of(start.state_dict())
+    layout = Layout.of(start.state_dict(), trainable_names(start))
     base = layout.flatten(start.state_dict())
     updates = []
     for x, y in ((xa, ya), (xb, yb)):
@@ -72,11 +72,39 @@ def test_evaluate_counts_correct_predictions_exactly() -> None:
 
     y = torch.tensor([1, 0, 1, 1, 0])
 
-    acc, loss = evaluate(Fixed(), torch.zeros(5, 1, 2, 2), y, batch_size=2)
+    acc, loss, nonfinite = evaluate(Fixed(), torch.zeros(5, 1, 2, 2), y, batch_size=2)
 
     assert acc == pytest.approx(3 / 5)
     expected = torch.nn.functional.cross_entropy(torch.tensor([[0.0, 1.0]]).repeat(5, 1), y)
     assert loss == pytest.approx(float(expected))
+    assert nonfinite == 0.0
+
+
+def test_a_nan_output_never_counts_as_the_target_class() -> None:
+    # argmax of an all-NaN row is 0: a diverged model would "predict" target 0 everywhere.
+    class Diverged(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = torch.full((len(x), 3), float("nan"))
+            out[0] = torch.tensor([5.0, 0.0, 0.0])  # one finite row, predicting class 0
+            out[1, 0] = float("inf")  # inf beside NaNs: not finite either
+            return out
+
+    y = torch.zeros(4, dtype=torch.long)  # the backdoor test: every label is the target 0
+
+    result = evaluate(Diverged(), torch.zeros(4, 1, 2, 2), y)
+
+    assert result.accuracy == pytest.approx(1 / 4)  # only the finite row counts
+    assert result.nonfinite == pytest.approx(3 / 4)
+
+
+def test_train_can_stop_after_a_number_of_steps() -> None:
+    model = SmallCNN(1, 3, (8, 8))
+
+    result = train(
+        model, *_data(40, 0), epochs=3, steps=7, batch_size=4, lr=0.1, generator=torch.Generator()
+    )
+
+    assert result.steps == 7
 
 
 def test_train_rejects_empty_data_and_bad_settings() -> None:

@@ -113,16 +113,17 @@ class Projection(LocalConstraint):
     """PGD onto the L2 ball of radius ``norm_bound`` around the starting weights [1]_ [2]_.
 
     After every step the trained parameters are projected back into the ball, so the update
-    never exceeds the bound during training. :meth:`finish` projects the whole state delta (the
-    update the server sees, buffers included) and, with ``scale_to_bound``, scales it up to the
-    bound exactly: the largest update a norm-clipping server with that bound lets through
-    unchanged.
+    never exceeds the bound during training. :meth:`finish` projects the trainable parameters'
+    delta (the update the server sees: buffers such as BatchNorm statistics are not part of it,
+    see :mod:`fedbackdoor.layout`) and, with ``scale_to_bound``, scales it up to the bound
+    exactly: the largest update a norm-clipping server with that bound lets through unchanged.
     """
 
     def __init__(self, model: nn.Module, *, norm_bound: float, scale_to_bound: bool = True):
         self.norm_bound = _check_bound(norm_bound)
         self.scale_to_bound = bool(scale_to_bound)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.names = [name for name, p in model.named_parameters() if p.requires_grad]
         self.anchor = [p.detach().clone() for p in self.params]
 
     def after_step(self) -> None:
@@ -135,7 +136,7 @@ class Projection(LocalConstraint):
                     p.copy_(a + (p - a) * factor)
 
     def finish(self, state: dict[str, Tensor], anchor: dict[str, Tensor]) -> dict[str, Tensor]:
-        keys = [k for k, v in state.items() if v.is_floating_point()]
+        keys = self.names
         delta = torch.cat([(state[k] - anchor[k]).reshape(-1).float() for k in keys])
         shaped = (
             scale_to_norm(delta, self.norm_bound)

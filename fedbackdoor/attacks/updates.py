@@ -1,14 +1,16 @@
 """Model-poisoning attacks: pure functions over the stacked updates of one round.
 
-Every attack has the signature ``(updates, malicious, *, generator=None, **settings) -> updates``
-where ``updates`` is ``[n, d]`` (one flattened client update per row) and ``malicious`` is an
-``[n]`` bool mask. An attack returns a new tensor, changes only the malicious rows and never looks
-at which defense is running. Settings are keyword-only and validated up front; Hydra binds them
-with ``_partial_: true`` so the caller supplies only ``updates``, ``malicious`` and ``generator``.
+Every attack has the signature ``(updates, malicious, *, weights=None, generator=None, **settings)
+-> updates`` where ``updates`` is ``[n, d]`` (one client's parameter delta per row),
+``malicious`` is an ``[n]`` bool mask and ``weights`` the clients' sample counts ``[n]`` (the
+weights FedAvg would give them; only :func:`model_replacement` uses them). An attack returns a
+new tensor, changes only the malicious rows and never looks at which defense is running.
+Settings are keyword-only and validated up front; Hydra binds them with ``_partial_: true`` so
+the caller supplies only ``updates``, ``malicious``, ``weights`` and ``generator``.
 With no malicious row every attack returns an unchanged copy.
 
 The server applies the attack where a round's updates are gathered, before validation and the
-defense (:mod:`fedbackdoor.fl.strategy`). The *omniscient* attacks (:func:`alie`, :func:`ipm`,
+defense (:mod:`fedbackdoor.server_step`). The *omniscient* attacks (:func:`alie`, :func:`ipm`,
 :func:`minmax`, :func:`minsum`) therefore see the benign updates of the same round, as a group of
 colluding clients that can observe them would; all their malicious rows receive one and the same
 update. Two conventions shared by these four:
@@ -21,7 +23,8 @@ update. Two conventions shared by these four:
 
 Implemented attacks
 -------------------
-- :func:`scale` -- model replacement [1]_; :func:`identity` -- none (data-only attacks);
+- :func:`model_replacement` -- the boost that replaces the global model [1]_; :func:`scale` --
+  a fixed boost; :func:`identity` -- none (data-only attacks);
   :func:`chain` -- several in order (an attack's ``apply``, then its ``attack.boost``).
 - :func:`sign_flip` -- reversed updates [2]_ (Blades' "signflipping").
 - :func:`gaussian` -- the Gaussian Byzantine worker of [3]_.
@@ -58,6 +61,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "model_replacement",
     "alie",
     "chain",
     "alie_z_max",
@@ -76,6 +80,7 @@ def scale(
     malicious: Tensor,
     *,
     boost: float,
+    weights: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Multiply the malicious updates by ``boost``: model replacement [1]_.
@@ -113,10 +118,78 @@ def scale(
     return poisoned
 
 
+def model_replacement(
+    updates: Tensor,
+    malicious: Tensor,
+    *,
+    server_lr: float = 1.0,
+    weights: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Boost the malicious updates so that, under FedAvg, they *replace* the global model [1]_.
+
+    With sample weights ``w`` (total ``W``, malicious total ``W_m``) FedAvg moves the global
+    model by ``server_lr * sum_i w_i x_i / W``. Every malicious row is multiplied by
+
+        ``gamma = W / (server_lr * W_m)``
+
+    so the attackers' joint contribution is exactly their own sample-weighted mean update
+    ``sum_{i malicious} w_i x_i / W_m``: with the benign updates at zero, the next global model
+    is the attackers' (weighted mean) model, whatever the weights, however many attackers are
+    in the round, whatever ``server_lr``. One attacker among ``n`` equally weighted clients
+    gets the paper's ``n / eta`` (eq. 3 of [1]_); two get ``n / (2 eta)`` each, not ``n / eta``.
+
+    The attackers are assumed to know the round's total sample count ``W`` (the paper's
+    attacker knows ``n`` and ``eta``); ``gamma`` is computed for FedAvg whatever defense runs.
+
+    Parameters
+    ----------
+    updates : Tensor
+        ``[n, d]`` client updates (parameter deltas). Not modified.
+    malicious : Tensor
+        ``[n]`` bool mask of the rows the attacker controls.
+    server_lr : float, default 1.0
+        The server's learning rate ``eta``, finite and positive.
+    weights : Tensor
+        ``[n]`` sample counts, all ``> 0`` (required).
+    generator : torch.Generator, optional
+        Unused; accepted so every attack shares one signature.
+
+    Returns
+    -------
+    Tensor
+        New ``[n, d]`` tensor: malicious rows times ``gamma``, the others bit-identical.
+
+    Raises
+    ------
+    ValueError
+        If ``weights`` is missing or malformed, ``server_lr`` is not a finite positive number,
+        or the shapes are malformed.
+    """
+    _check(updates, malicious)
+    _require_number("server_lr", server_lr, minimum=0.0)
+    if weights is None or tuple(weights.shape) != tuple(malicious.shape):
+        raise ValueError(
+            f"model_replacement needs the [n] sample weights, got "
+            f"{None if weights is None else tuple(weights.shape)}"
+        )
+    weights = weights.to(torch.float64)
+    if not bool(torch.all(torch.isfinite(weights) & (weights > 0))):
+        raise ValueError(f"weights must be finite and > 0, got {weights.tolist()}")
+    rows = malicious.to(updates.device)
+    if not bool(rows.any()):
+        return updates.clone()
+    gamma = float(weights.sum() / (server_lr * weights[malicious.cpu()].sum()))
+    poisoned = updates.clone()
+    poisoned[rows] = updates[rows] * gamma
+    return poisoned
+
+
 def identity(
     updates: Tensor,
     malicious: Tensor,
     *,
+    weights: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Leave the updates unchanged: the model-poisoning step of a data-only attack.
@@ -149,6 +222,7 @@ def chain(
     malicious: Tensor,
     *,
     steps: Sequence[Callable[..., Tensor]],
+    weights: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Apply several attacks in order, e.g. ALIE then the ``attack.boost`` :func:`scale`.
@@ -169,7 +243,7 @@ def chain(
     """
     result = identity(updates, malicious)
     for step in steps:
-        result = step(result, malicious, generator=generator)
+        result = step(result, malicious, weights=weights, generator=generator)
     return result
 
 
@@ -178,6 +252,7 @@ def sign_flip(
     malicious: Tensor,
     *,
     scale: float = 1.0,
+    weights: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Replace each malicious update by ``-scale`` times itself: the sign-flipping attack [2]_.
@@ -219,6 +294,7 @@ def gaussian(
     malicious: Tensor,
     *,
     std: float = 1.0,
+    weights: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Replace each malicious update by independent ``N(0, std^2)`` noise: the Gaussian
@@ -309,6 +385,7 @@ def alie(
     malicious: Tensor,
     *,
     z: float | None = None,
+    weights: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """ALIE, "A Little Is Enough" [4]_: every malicious row becomes ``mu - z * sigma``.
@@ -369,6 +446,7 @@ def ipm(
     malicious: Tensor,
     *,
     epsilon: float = 0.5,
+    weights: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Inner-product manipulation [6]_: every malicious row becomes ``-epsilon * mean(benign)``.
@@ -417,6 +495,7 @@ def minmax(
     perturbation: str = "std",
     gamma_init: float = 10.0,
     tol: float = 1e-5,
+    weights: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Min-Max [5]_: the update furthest along ``p`` that is no further from any benign update
@@ -474,6 +553,7 @@ def minsum(
     perturbation: str = "std",
     gamma_init: float = 10.0,
     tol: float = 1e-5,
+    weights: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Min-Sum [5]_: the update furthest along ``p`` whose sum of squared distances to the benign

@@ -10,6 +10,10 @@ draw nothing: their keyword ``generator: torch.Generator | None = None`` is igno
 all rules share one signature (the rules of :mod:`fedbackdoor.defenses.detection` that draw
 need it).
 
+Every rule also reports each client's *influence* (:attr:`Aggregate.influence`), the share of
+the aggregate attributable to it; each rule's docstring defines it. The caller's malicious
+influence of a round is ``influence[malicious].sum()``.
+
 Implemented rules
 -----------------
 - :func:`mean` -- FedAvg: McMahan, Moore, Ramage, Hampson & Agüera y Arcas (2017),
@@ -38,8 +42,10 @@ vectorised sort is an order of magnitude faster than ``torch.sort`` on many shor
 from __future__ import annotations
 
 import math
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from numbers import Integral, Real
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,10 +86,18 @@ class Aggregate:
         Boolean mask of shape ``[n]``: ``True`` for clients the rule excluded or distrusted.
         ``None`` for rules that flag nobody by design (mean, median, trimmed mean), which is
         different from "flagged nobody this round" (an all-``False`` mask).
+    influence : Tensor or None
+        Float64 ``[n]``: the share of the aggregate attributable to each client, entries
+        ``>= 0`` summing to 1 -- or all 0 when the rule trusted nobody and returned a zero
+        update. Each rule's docstring defines it (the combination coefficients of a rule that
+        combines whole updates, the share of coordinates taken from each client for a
+        coordinate-wise rule). Noise a rule adds is nobody's. ``None`` only for a rule
+        written outside this package that does not report it.
     """
 
     update: Tensor
     flagged: Tensor | None
+    influence: Tensor | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,7 +131,21 @@ def _check_inputs(rule: str, updates: Tensor, weights: Tensor) -> int:
 
 def _require_clients(rule: str, n: int) -> None:
     if n == 0:
-        raise NotEnoughClients(f"{rule} needs at least one client update, got n=0")
+        raise NotEnoughClients(f"{rule} needs n >= 1 clients, got n=0")
+
+
+def _sample_shares(weights: Tensor) -> Tensor:
+    """``w_i / sum_j w_j`` in float64 (large sample counts keep their precision)."""
+    weights = weights.to(torch.float64)
+    return weights / weights.sum()
+
+
+def _selection_shares(chosen: Tensor) -> Tensor:
+    """Equal float64 shares ``1 / |chosen|`` for the ``True`` entries of a bool mask (all 0 if
+    none is chosen)."""
+    chosen = chosen.to(torch.float64)
+    total = chosen.sum()
+    return chosen / total if total > 0 else chosen
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,7 +168,8 @@ def mean(
     Returns
     -------
     Aggregate
-        ``update = sum_i w_i x_i / sum_i w_i``; ``flagged`` is ``None``.
+        ``update = sum_i w_i x_i / sum_i w_i``; ``flagged`` is ``None``; ``influence`` the
+        sample shares ``w_i / sum_j w_j``.
 
     Raises
     ------
@@ -150,8 +179,8 @@ def mean(
     n = _check_inputs("mean", updates, weights)
     _require_clients("mean", n)
     # Normalise in float64 so that large sample counts do not lose precision.
-    share = (weights.to(torch.float64) / weights.to(torch.float64).sum()).to(updates.dtype)
-    return Aggregate(update=share @ updates, flagged=None)
+    share = _sample_shares(weights)
+    return Aggregate(update=share.to(updates.dtype) @ updates, flagged=None, influence=share)
 
 
 def _sorted_columns(updates: Tensor) -> Tensor:
@@ -175,6 +204,67 @@ def _coordinate_median(updates: Tensor) -> Tensor:
     return _median_of_sorted(_sorted_columns(updates))
 
 
+def _window_counts(block: Tensor, ordered: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """For every row of ``block``, the number of its columns whose value sits at a position in
+    ``[low, high)`` of the column's *stable* sort order (equal values keep their row order).
+
+    ``ordered`` is ``block`` with every column sorted; ``low`` and ``high`` are int64 ``[b]``
+    with ``0 <= low < high <= n`` in every column. Vectorised over the columns: no argsort
+    (five times slower than the sort) unless a value equal to an end of a column's window also
+    lies outside it, and then only for those columns.
+    """
+    n = block.shape[0]
+    first = ordered.gather(0, low.unsqueeze(0))
+    last = ordered.gather(0, (high - 1).unsqueeze(0))
+    inside = (block >= first) & (block <= last)
+    counts = inside.sum(dim=1)
+    before = ordered.gather(0, (low - 1).clamp_min(0).unsqueeze(0))
+    after = ordered.gather(0, high.clamp_max(n - 1).unsqueeze(0))
+    tied = ((low > 0) & (before[0] == first[0])) | ((high < n) & (after[0] == last[0]))
+    if bool(tied.any()):
+        # Value comparisons counted every copy of a tied end value; stable order picks those
+        # whose positions lie in the window.
+        columns = tied.nonzero().flatten()
+        counts -= inside[:, columns].sum(dim=1)
+        order = torch.sort(block[:, columns], dim=0, stable=True).indices
+        position = torch.arange(n, device=block.device).unsqueeze(1)
+        kept = (position >= low[columns]) & (position < high[columns])
+        counts += torch.bincount(order[kept], minlength=n)
+    return counts
+
+
+def _window_influence(updates: Tensor, ordered: Tensor, low: int, high: int) -> Tensor:
+    """Influence of a coordinate-wise rule that averages the sorted positions ``[low, high)``
+    of every column: each kept value counts ``1 / (high - low)``, averaged over the ``d``
+    coordinates, i.e. ``(coordinates whose kept values include row i's) / ((high - low) d)``.
+    Equal values are credited by stable sort position. Float64 ``[n]``; with ``d = 0``, equal
+    shares.
+    """
+    n, d = updates.shape
+    if d == 0 or (low == 0 and high == n):
+        return torch.full((n,), 1 / n, dtype=torch.float64, device=updates.device)
+    counts = torch.zeros(n, dtype=torch.int64, device=updates.device)
+    for first in range(0, d, _BLOCK_COLUMNS):
+        columns = slice(first, first + _BLOCK_COLUMNS)
+        width = ordered[:, columns].shape[1]
+        counts += _window_counts(
+            updates[:, columns],
+            ordered[:, columns],
+            torch.full((width,), low, dtype=torch.int64, device=updates.device),
+            torch.full((width,), high, dtype=torch.int64, device=updates.device),
+        )
+    return counts.to(torch.float64) / ((high - low) * d)
+
+
+def _median_and_influence(updates: Tensor) -> tuple[Tensor, Tensor]:
+    """The coordinate-wise median and its influence (see :func:`median`)."""
+    ordered = _sorted_columns(updates)
+    n = ordered.shape[0]
+    middle = n // 2
+    low = middle if n % 2 == 1 else middle - 1
+    return _median_of_sorted(ordered), _window_influence(updates, ordered, low, middle + 1)
+
+
 def median(
     updates: Tensor, weights: Tensor, *, generator: torch.Generator | None = None
 ) -> Aggregate:
@@ -183,6 +273,12 @@ def median(
     For an even number of clients each coordinate is the average of the two middle values
     (``torch.quantile(..., 0.5)`` semantics), not the lower one returned by ``torch.median``,
     so the result does not depend on an arbitrary side. Weights are validated but not used.
+
+    Influence: per coordinate, the row giving the median gets 1 (odd ``n``), or the two rows
+    giving the middle pair 1/2 each (even ``n``); averaged over the coordinates, so
+    ``influence_i`` is the share of the coordinates whose median came from row ``i``. Equal
+    values are told apart by their position in a stable sort (the lower client index first):
+    a tie moves credit between clients, never the aggregate.
 
     Parameters
     ----------
@@ -194,7 +290,7 @@ def median(
     Returns
     -------
     Aggregate
-        The coordinate-wise median; ``flagged`` is ``None``.
+        The coordinate-wise median; ``flagged`` is ``None``; ``influence`` as above.
 
     Raises
     ------
@@ -204,7 +300,8 @@ def median(
     n = _check_inputs("median", updates, weights)
     _require_clients("median", n)
     # Sort-based rather than torch.quantile, which refuses inputs above 2**24 elements.
-    return Aggregate(update=_coordinate_median(updates), flagged=None)
+    update, influence = _median_and_influence(updates)
+    return Aggregate(update=update, flagged=None, influence=influence)
 
 
 def trimmed_mean(
@@ -214,6 +311,11 @@ def trimmed_mean(
 
     In every coordinate the ``k = floor(beta * n)`` largest and ``k`` smallest values are
     dropped and the remaining ``n - 2k`` are averaged without weights.
+
+    Influence: per coordinate each of the ``n - 2k`` kept values counts ``1 / (n - 2k)``,
+    averaged over the coordinates: ``influence_i`` is the share of the coordinates in which
+    row ``i`` was kept, divided by ``n - 2k``. Equal values are told apart by their position
+    in a stable sort (the lower client index first).
 
     Parameters
     ----------
@@ -227,14 +329,16 @@ def trimmed_mean(
     Returns
     -------
     Aggregate
-        The trimmed mean; ``flagged`` is ``None`` (each coordinate trims different clients).
+        The trimmed mean; ``flagged`` is ``None`` (each coordinate trims different clients);
+        ``influence`` as above.
 
     Raises
     ------
     ValueError
         If ``beta`` is outside ``[0, 0.5)``.
     NotEnoughClients
-        If no value remains after trimming (only possible for ``n == 0``).
+        If no value remains after trimming, ``n - 2 floor(beta n) < 1`` (for ``beta < 0.5``
+        only possible for ``n == 0``).
     """
     if not _is_real(beta) or not 0 <= beta < 0.5:
         raise ValueError(f"trimmed_mean: beta must be a number in [0, 0.5), got beta={beta!r}")
@@ -244,10 +348,15 @@ def trimmed_mean(
     kept = n - 2 * k
     if kept <= 0:
         raise NotEnoughClients(
-            f"trimmed_mean: nothing remains after trimming k={k} from each end of n={n} "
-            f"updates (beta={beta})"
+            f"trimmed_mean needs n - 2 floor(beta * n) >= 1 clients left after trimming "
+            f"k={k} from each end, got n={n} (beta={beta})"
         )
-    return Aggregate(update=_sorted_columns(updates)[k : n - k].mean(dim=0), flagged=None)
+    ordered = _sorted_columns(updates)
+    return Aggregate(
+        update=ordered[k : n - k].mean(dim=0),
+        flagged=None,
+        influence=_window_influence(updates, ordered, k, n - k),
+    )
 
 
 # Columns per block when streaming over the updates: a [100, 8192] float64 block (6.5 MB) stays
@@ -293,13 +402,36 @@ def _squared_distances_to(gram: Tensor, coefficients: Tensor) -> Tensor:
 
 def _gram_in_blocks(updates: Tensor, origin: Tensor) -> Tensor:
     """Gram matrix of the ``x_i - origin``: float32 products of column blocks (BLAS's fastest
-    path, and no float64 copy of the updates), summed over the blocks in float64."""
+    path, and no float64 copy of the updates), summed over the blocks in float64.
+
+    A huge finite row (values of ~1e19 and up, whose squares exceed float32's range, or a
+    difference to the origin that does) would make its products inf and its distances
+    ``inf - inf = nan``, which Krum and Bulyan could then select. Such rows are found by their
+    block norms (a row's products with the others are bounded by its norm times theirs) and
+    their entries computed once more in float64, where a float32 row's squares cannot
+    overflow; ordinary rounds take only the float32 path.
+    """
     n = updates.shape[0]
     gram = torch.zeros(n, n, dtype=torch.float64, device=updates.device)
+    # A block's squared norms below this leave every product of two such rows finite, with
+    # room for BLAS's partial sums.
+    limit = torch.finfo(updates.dtype).max / 2**8
+    too_large = torch.zeros(n, dtype=torch.bool, device=updates.device)
     for start in range(0, updates.shape[1], _BLOCK_COLUMNS):
         columns = slice(start, start + _BLOCK_COLUMNS)
         block = updates[:, columns] - origin[columns]
-        gram += (block @ block.T).to(torch.float64)
+        product = block @ block.T
+        too_large |= ~(product.diagonal() <= limit)  # inf and nan included
+        gram += product.to(torch.float64)
+    if bool(too_large.any()):
+        rows = too_large.nonzero().flatten()
+        exact = torch.zeros(rows.numel(), n, dtype=torch.float64, device=updates.device)
+        for start in range(0, updates.shape[1], _BLOCK_COLUMNS):
+            columns = slice(start, start + _BLOCK_COLUMNS)
+            block = updates[:, columns].to(torch.float64) - origin[columns].to(torch.float64)
+            exact.addmm_(block[rows], block.T)
+        gram[rows] = exact
+        gram[:, rows] = exact.T
     return (gram + gram.T) / 2
 
 
@@ -339,7 +471,9 @@ def pairwise_squared_distances(updates: Tensor) -> Tensor:
     Centring at an update rather than at the coordinate-wise median saves sorting the
     ``[n, d]`` updates (0.6 s for ``n = 100``, ``d = 1.2M`` on two cores); float32 blocks
     halve the products' time, and unlike the direct form of ``torch.cdist`` (6 s there) it
-    runs on BLAS.
+    runs on BLAS. Rows too large for float32 products (finite values of ~1e19 and up) are
+    multiplied in float64 instead, so a huge finite outlier gets a huge finite distance,
+    never ``nan``.
 
     Parameters
     ----------
@@ -409,6 +543,8 @@ def krum(
     by the lower client index) and returns the unweighted mean of the selected updates.
     ``m = 1`` is Krum; ``m > 1`` is Multi-Krum.
 
+    Influence: ``1 / m`` for each selected client, 0 for the others (Krum's choice gets 1).
+
     Parameters
     ----------
     updates : Tensor
@@ -423,30 +559,37 @@ def krum(
     Returns
     -------
     Aggregate
-        The mean of the selected updates; ``flagged`` marks the clients *not* selected.
+        The mean of the selected updates; ``flagged`` marks the clients *not* selected;
+        ``influence`` as above.
 
     Raises
     ------
     ValueError
         If ``f`` is not an integer ``>= 0`` or ``m`` is not an integer ``>= 1``.
     NotEnoughClients
-        If ``n <= 2f + 2`` (Krum's guarantee needs ``n > 2f + 2``) or ``n < m``.
+        If ``n < 2f + 3`` (Krum's guarantee needs ``n > 2f + 2``) or ``n < m``.
     """
     if not _is_int(f) or f < 0:
         raise ValueError(f"krum: f must be an integer >= 0, got f={f!r}")
     if not _is_int(m) or m < 1:
         raise ValueError(f"krum: m must be an integer >= 1, got m={m!r}")
     n = _check_inputs("krum", updates, weights)
-    if n <= 2 * f + 2:
-        raise NotEnoughClients(f"krum needs n > 2f + 2 clients, got n={n}, f={f}")
+    if n < 2 * f + 3:
+        raise NotEnoughClients(
+            f"krum needs n >= 2f + 3 = {2 * f + 3} clients, got n={n} (f={f}, m={m})"
+        )
     if n < m:
-        raise NotEnoughClients(f"krum cannot select m={m} of n={n} updates (f={f})")
+        raise NotEnoughClients(
+            f"krum needs n >= m = {m} clients to select m updates, got n={n} (f={f}, m={m})"
+        )
     scores = krum_scores(updates, f=int(f))
     order = torch.sort(scores, stable=True).indices
     selected = order[:m]
     flagged = torch.ones(n, dtype=torch.bool, device=updates.device)
     flagged[selected] = False
-    return Aggregate(update=updates[selected].mean(dim=0), flagged=flagged)
+    return Aggregate(
+        update=updates[selected].mean(dim=0), flagged=flagged, influence=_selection_shares(~flagged)
+    )
 
 
 def _bulyan_selection(distances: Tensor, f: int) -> Tensor:
@@ -473,21 +616,28 @@ def _bulyan_selection(distances: Tensor, f: int) -> Tensor:
     return torch.sort(torch.stack(chosen)).values
 
 
-def _mean_around_median(rows: Tensor, kept: int) -> Tensor:
-    """Per coordinate, the mean of the ``kept`` values closest to the coordinate's median."""
+def _mean_around_median(rows: Tensor, kept: int) -> tuple[Tensor, Tensor]:
+    """Per coordinate, the mean of the ``kept`` values closest to the coordinate's median; and
+    for every row, the number of coordinates in which its value was one of them (int64 ``[r]``;
+    equal values are told apart by stable sort position)."""
     ordered = _sorted_columns(rows)
-    if kept == ordered.shape[0]:
-        return ordered.mean(dim=0)
-    result = torch.empty(ordered.shape[1], dtype=ordered.dtype, device=ordered.device)
+    count, d = ordered.shape
+    if kept == count:
+        every = torch.full((count,), d, dtype=torch.int64, device=rows.device)
+        return ordered.mean(dim=0), every
+    result = torch.empty(d, dtype=ordered.dtype, device=ordered.device)
+    counts = torch.zeros(count, dtype=torch.int64, device=rows.device)
     # Block by block, the temporaries stay in cache: ~5x faster than whole-matrix operations.
-    for first in range(0, ordered.shape[1], _BLOCK_COLUMNS):
+    for first in range(0, d, _BLOCK_COLUMNS):
         columns = slice(first, first + _BLOCK_COLUMNS)
-        result[columns] = _window_mean(ordered[:, columns], kept)
-    return result
+        result[columns], start = _window_mean(ordered[:, columns], kept)
+        counts += _window_counts(rows[:, columns], ordered[:, columns], start, start + kept)
+    return result, counts
 
 
-def _window_mean(ordered: Tensor, kept: int) -> Tensor:
-    """:func:`_mean_around_median` of column-sorted rows, with ``kept`` < the number of rows."""
+def _window_mean(ordered: Tensor, kept: int) -> tuple[Tensor, Tensor]:
+    """:func:`_mean_around_median` of column-sorted rows, with ``kept`` < the number of rows;
+    also the window's first sorted position in every column (int64)."""
     count = ordered.shape[0]
     dropped = count - kept
     centre = _median_of_sorted(ordered)
@@ -505,7 +655,7 @@ def _window_mean(ordered: Tensor, kept: int) -> Tensor:
     first_above = max(dropped, kept)
     above = torch.arange(first_above, count, device=ordered.device).unsqueeze(1)
     total += torch.where(above < start + kept, ordered[first_above:], 0).sum(dim=0)
-    return total / kept
+    return total / kept, start
 
 
 def bulyan(
@@ -524,6 +674,11 @@ def bulyan(
 
     The pairwise distances are computed once, for all ``n`` updates.
 
+    Influence: per coordinate, each of the ``beta`` averaged values counts ``1 / beta``;
+    averaged over the coordinates, ``influence_i`` is the number of coordinates in which row
+    ``i``'s value was averaged divided by ``beta * d`` (0 for the clients not selected in
+    step 1; equal values are told apart by their position in a stable sort).
+
     Parameters
     ----------
     updates : Tensor
@@ -536,7 +691,8 @@ def bulyan(
     Returns
     -------
     Aggregate
-        The aggregate; ``flagged`` marks the ``2f`` clients not selected in step 1.
+        The aggregate; ``flagged`` marks the ``2f`` clients not selected in step 1;
+        ``influence`` as above.
 
     Raises
     ------
@@ -549,14 +705,18 @@ def bulyan(
         raise ValueError(f"bulyan: f must be an integer >= 0, got f={f!r}")
     n = _check_inputs("bulyan", updates, weights)
     if n < 4 * f + 3:
-        raise NotEnoughClients(f"bulyan needs n >= 4f + 3 clients, got n={n}, f={f}")
+        raise NotEnoughClients(f"bulyan needs n >= 4f + 3 = {4 * f + 3} clients, got n={n} (f={f})")
     f = int(f)
     selected = _bulyan_selection(pairwise_squared_distances(updates), f)
     flagged = torch.ones(n, dtype=torch.bool, device=updates.device)
     flagged[selected] = False
     theta = n - 2 * f
-    update = _mean_around_median(updates.index_select(0, selected), kept=theta - 2 * f)
-    return Aggregate(update=update, flagged=flagged)
+    beta = theta - 2 * f
+    update, counts = _mean_around_median(updates.index_select(0, selected), kept=beta)
+    d = updates.shape[1]
+    influence = torch.zeros(n, dtype=torch.float64, device=updates.device)
+    influence[selected] = counts.to(torch.float64) / (beta * d) if d > 0 else 1 / theta
+    return Aggregate(update=update, flagged=flagged, influence=influence)
 
 
 def geometric_median(
@@ -586,6 +746,11 @@ def geometric_median(
     the ``[n, n]`` Gram matrix of the updates; ``d`` only enters twice, to build the Gram matrix
     and to form the result.
 
+    Influence: the final Weiszfeld coefficients ``b_i / sum_j b_j``, of which the result is
+    the convex combination ``sum_i (b_i / sum_j b_j) x_i``. Should the loop stop before the
+    first step (the coordinate-wise median already meets ``tol``), the result is that median
+    and the influence the median's (see :func:`median`).
+
     Parameters
     ----------
     updates : Tensor
@@ -603,7 +768,8 @@ def geometric_median(
     Returns
     -------
     Aggregate
-        The geometric median; ``flagged`` is ``None`` (every update keeps a weight).
+        The geometric median; ``flagged`` is ``None`` (every update keeps a weight);
+        ``influence`` as above.
 
     Raises
     ------
@@ -627,6 +793,7 @@ def geometric_median(
     gram = _centred_gram(updates, origin)
     share = weights.to(torch.float64) / weights.to(torch.float64).sum()
     coefficients = torch.zeros(n, dtype=torch.float64, device=updates.device)  # v = origin
+    stepped = False
     for _ in range(max_iter):
         distances = _squared_distances_to(gram, coefficients).sqrt()
         pull = share / distances.clamp_min(eps)
@@ -635,7 +802,12 @@ def geometric_median(
         if float(gradient @ gram @ gradient) <= tol**2:
             break
         coefficients = pull / pull.sum()
-    return Aggregate(update=_combine(updates, origin, coefficients), flagged=None)
+        stepped = True
+    # Before the first step v is the median origin itself, whose influence is the median's.
+    influence = coefficients if stepped else _median_and_influence(updates)[1]
+    return Aggregate(
+        update=_combine(updates, origin, coefficients), flagged=None, influence=influence
+    )
 
 
 def centered_clip(
@@ -644,19 +816,42 @@ def centered_clip(
     *,
     tau: float = 1.0,
     iters: int = 1,
-    center: Tensor | None = None,
+    start: str = "previous",
+    state: dict[str, Any] | None = None,
     generator: torch.Generator | None = None,
 ) -> Aggregate:
     """Centered clipping (Karimireddy, He & Jaggi 2021).
 
-    Starting from ``v = center``, repeats ``iters`` times
+    Starting from ``v``, repeats ``iters`` times
     ``v <- v + (1/n) sum_i (x_i - v) * min(1, tau / ||x_i - v||)``: every update pulls ``v``
     towards itself by at most ``tau / n``, so ``f`` attackers move each step by at most
     ``f tau / n`` however large their updates.
 
-    The paper starts from the previous aggregate (server momentum). The server here keeps no
-    state across rounds, so the default start is the coordinate-wise median of this round's
-    updates (see :func:`median`), a robust point that clipping then moves towards the mass.
+    Where ``v`` starts (``start``):
+
+    - ``"previous"``: the previous round's aggregate, zero at the first round, as the paper
+      (its server momentum) and the authors' code (epfml/byzantine-robust-optimizer,
+      ``codes/aggregator/clipping.py``, ``Clipping``: ``momentum`` starts at zeros and keeps
+      the last result) do. It is kept in ``state["previous"]``; with ``state=None`` (no store
+      across rounds) every round starts from zero. One difference with the paper's setting:
+      the updates here are local-training deltas, not the workers' momentum vectors (worker
+      momentum is not implemented), so the previous aggregate is the previous round's model
+      step.
+    - ``"median"``: the coordinate-wise median of this round's updates (see :func:`median`),
+      a robust point that clipping then moves towards the mass; no state is read or written.
+
+    Compared with the authors' ``Clipping.__call__`` (same update, uniform mean, clipping
+    factor ``min(1, tau / ||x_i - v||)``, ``n_iter = 1`` by default) on small cases by hand.
+
+    Influence. With ``c`` the coefficients of the result on the updates,
+    ``v = (1 - sum_i c_i) v_start + sum_i c_i x_i`` (``c_i >= 0``, ``sum_i c_i <= 1``):
+
+    - from ``"previous"`` (or zero) the start is no client of this round, and
+      ``influence_i = c_i / sum_j c_j``, the client's share of the combination. After one
+      iteration ``c_i = s_i``, the pull factors ``s_i = min(1, tau / ||x_i - v||) / n``, so
+      this is ``s_i / sum_j s_j``; after more it also counts the earlier iterations' pulls;
+    - from ``"median"`` the start's share goes to the clients by the median's influence
+      ``mu`` (see :func:`median`): ``influence_i = (1 - sum_j c_j) mu_i + c_i``.
 
     Parameters
     ----------
@@ -668,19 +863,27 @@ def centered_clip(
         Clipping radius ``> 0``, in the units of the update norm (``inf``: plain mean).
     iters : int, default 1
         Number of clipping iterations, ``>= 1``.
-    center : Tensor, optional
-        Starting point, shape ``[d]``, finite. Defaults to the coordinate-wise median.
+    start : {"previous", "median"}, default "previous"
+        Where ``v`` starts, see above.
+    state : dict, optional
+        The defense's store across rounds (empty at the first round, the same dict every
+        round): ``state["previous"]`` holds the last aggregate, a detached copy, written after
+        every round with ``start="previous"``.
+    generator : torch.Generator, optional
+        Unused; accepted so all rules share one signature.
 
     Returns
     -------
     Aggregate
-        The final ``v``; ``flagged`` is ``None`` (clipping only bounds each update's pull).
+        The final ``v``; ``flagged`` is ``None`` (clipping only bounds each update's pull);
+        ``influence`` as above.
 
     Raises
     ------
     ValueError
-        If ``tau`` is not a number ``> 0``, ``iters`` not an integer ``>= 1`` or ``center`` not
-        a finite floating tensor of shape ``[d]``.
+        If ``tau`` is not a number ``> 0``, ``iters`` not an integer ``>= 1``, ``start`` not
+        one of the two, ``state`` not a dict, or ``state["previous"]`` not a finite floating
+        tensor of shape ``[d]``.
     NotEnoughClients
         If ``n == 0``.
     """
@@ -688,25 +891,38 @@ def centered_clip(
         raise ValueError(f"centered_clip: tau must be a number > 0, got tau={tau!r}")
     if not _is_int(iters) or iters < 1:
         raise ValueError(f"centered_clip: iters must be an integer >= 1, got iters={iters!r}")
+    if start not in ("previous", "median"):
+        raise ValueError(
+            f"centered_clip: start must be 'previous' or 'median', got start={start!r}"
+        )
+    if state is not None and not isinstance(state, MutableMapping):
+        raise ValueError(f"centered_clip: state must be a dict or None, got {type(state).__name__}")
     n = _check_inputs("centered_clip", updates, weights)
     d = updates.shape[1]
-    if center is not None and not (
-        isinstance(center, Tensor)
-        and center.is_floating_point()
-        and tuple(center.shape) == (d,)
-        and bool(torch.all(torch.isfinite(center)))
+    previous = state.get("previous") if state is not None and start == "previous" else None
+    if previous is not None and not (
+        isinstance(previous, Tensor)
+        and previous.is_floating_point()
+        and tuple(previous.shape) == (d,)
+        and bool(torch.all(torch.isfinite(previous)))
     ):
         described = (
-            f"shape {tuple(center.shape)}, dtype {center.dtype}"
-            if isinstance(center, Tensor)
-            else type(center).__name__
+            f"shape {tuple(previous.shape)}, dtype {previous.dtype}"
+            if isinstance(previous, Tensor)
+            else type(previous).__name__
         )
         raise ValueError(
-            f"centered_clip: center must be a finite floating tensor of shape ({d},), "
-            f"got center with {described}"
+            "centered_clip: state['previous'] (the previous aggregate) must be a finite "
+            f"floating tensor of shape ({d},), got one with {described}"
         )
     _require_clients("centered_clip", n)
-    origin = _coordinate_median(updates) if center is None else center.to(updates.device)
+    median_influence = None
+    if start == "median":
+        origin, median_influence = _median_and_influence(updates)
+    elif previous is None:
+        origin = torch.zeros(d, dtype=updates.dtype, device=updates.device)
+    else:
+        origin = previous.to(updates.device)
     gram = _centred_gram(updates, origin)
     # v = origin + sum_j c_j (x_j - origin), so x_i - v has coefficients e_i - c and the step
     # sum_i s_i (x_i - v) has coefficients s - (sum_i s_i) c.
@@ -715,4 +931,12 @@ def centered_clip(
         distances = _squared_distances_to(gram, coefficients).sqrt()
         pull = torch.where(distances > tau, tau / distances, 1.0) / n
         coefficients = coefficients + pull - pull.sum() * coefficients
-    return Aggregate(update=_combine(updates, origin, coefficients), flagged=None)
+    update = _combine(updates, origin, coefficients)
+    total = coefficients.sum()
+    if median_influence is not None:
+        influence = (1 - total).clamp_min(0) * median_influence + coefficients
+    else:
+        influence = coefficients / total if total > 0 else coefficients
+    if state is not None and start == "previous":
+        state["previous"] = update.detach().clone()
+    return Aggregate(update=update, flagged=None, influence=influence)

@@ -6,7 +6,9 @@ and sample counts ``weights: Tensor[n]``, with keyword-only settings validated u
 ``ValueError`` naming the bad value) and :class:`~fedbackdoor.defenses.aggregators.NotEnoughClients`
 for a precondition on ``n``. The rules that draw (:func:`flame`, :func:`dnc`) take their randomness
 only from ``generator``; the others ignore it. ``flagged`` marks the clients a rule excluded or
-gave weight 0, so that detection can be scored.
+gave weight 0, so that detection can be scored, and ``influence`` is each client's share of the
+aggregate as every rule's docstring defines it (all 0 when a rule trusts nobody and returns a
+zero update).
 
 Implemented rules
 -----------------
@@ -48,6 +50,8 @@ from fedbackdoor.defenses.aggregators import (
     _is_real,
     _median_of_sorted,
     _require_clients,
+    _sample_shares,
+    _selection_shares,
 )
 from fedbackdoor.defenses.transforms import add_gaussian_noise
 
@@ -108,11 +112,12 @@ def _combination(updates: Tensor, coefficients: Tensor) -> Tensor:
 
 
 def _nobody_trusted(updates: Tensor) -> Aggregate:
-    """Zero update (the global model stays as it is), every client flagged."""
+    """Zero update (the global model stays as it is), every client flagged, nobody's influence."""
     n, d = updates.shape
     return Aggregate(
         update=torch.zeros(d, dtype=updates.dtype, device=updates.device),
         flagged=torch.ones(n, dtype=torch.bool, device=updates.device),
+        influence=torch.zeros(n, dtype=torch.float64, device=updates.device),
     )
 
 
@@ -218,6 +223,8 @@ def foolsgold(
     are local-training deltas, so their weighted *mean* is returned, which keeps the scale of
     FedAvg. The paper's optional feature-importance weighting is not implemented.
 
+    Influence: ``a_i / sum_j a_j``, the coefficients of the weighted mean.
+
     Parameters
     ----------
     updates : Tensor
@@ -235,9 +242,10 @@ def foolsgold(
     Returns
     -------
     Aggregate
-        The ``a``-weighted mean of the updates; ``flagged`` marks the clients with ``a_i = 0``.
-        If every client has a perfect twin (e.g. all updates parallel) all get ``a_i = 0``: the
-        update is zero and every client is flagged.
+        The ``a``-weighted mean of the updates; ``flagged`` marks the clients with ``a_i = 0``;
+        ``influence`` as above. If every client has a perfect twin (e.g. all updates parallel)
+        all get ``a_i = 0``: the update is zero, every client is flagged and nobody has
+        influence.
 
     Raises
     ------
@@ -262,8 +270,11 @@ def foolsgold(
     total = alpha.sum()
     if total == 0:
         return _nobody_trusted(updates)
+    share = (alpha / total).to(updates.device)
     return Aggregate(
-        update=_combination(updates, alpha / total), flagged=(alpha == 0).to(updates.device)
+        update=_combination(updates, share),
+        flagged=(alpha == 0).to(updates.device),
+        influence=share,
     )
 
 
@@ -316,6 +327,10 @@ def flame(
     4. Noise: ``N(0, sigma^2)`` on every coordinate, ``sigma = noise_lambda * S``, drawn from
        ``generator`` (see :func:`~fedbackdoor.defenses.transforms.add_gaussian_noise`).
 
+    Influence: the admitted clients' equal shares ``1 / |admitted|`` in the unweighted mean of
+    the clipped admitted updates (clipping shrinks an update but leaves it its client's), 0
+    for the rejected; the noise is nobody's.
+
     Parameters
     ----------
     updates : Tensor
@@ -331,8 +346,9 @@ def flame(
     Returns
     -------
     Aggregate
-        The noised mean of the clipped admitted updates; ``flagged`` marks the rejected clients.
-        Should HDBSCAN admit nobody, the update is zero (no noise) and every client is flagged.
+        The noised mean of the clipped admitted updates; ``flagged`` marks the rejected clients;
+        ``influence`` as above. Should HDBSCAN admit nobody, the update is zero (no noise),
+        every client is flagged and nobody has influence.
 
     Raises
     ------
@@ -361,7 +377,11 @@ def flame(
     update = add_gaussian_noise(
         update, sigma=float(noise_lambda) * float(bound), generator=generator
     )
-    return Aggregate(update=update, flagged=~admitted.to(updates.device))
+    return Aggregate(
+        update=update,
+        flagged=~admitted.to(updates.device),
+        influence=_selection_shares(admitted).to(updates.device),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,6 +405,10 @@ def rlr(
     coordinates that few clients push, where the vote is split: there the update moves the model
     *away* from the attackers. A zero entry votes for neither sign.
 
+    Influence: the sample shares ``w_i / sum_j w_j``. The rule flips the server learning rate
+    per coordinate and does not reweight clients, so every client keeps its share of the
+    (sign-corrected) mean, malicious or not.
+
     Parameters
     ----------
     updates : Tensor
@@ -400,7 +424,7 @@ def rlr(
     -------
     Aggregate
         The sign-corrected mean; ``flagged`` is ``None`` (the rule acts on coordinates, not on
-        clients).
+        clients); ``influence`` as above.
 
     Raises
     ------
@@ -414,8 +438,12 @@ def rlr(
         raise ValueError(f"rlr: theta must be an integer >= 1, got theta={theta!r}")
     n = _check_inputs("rlr", updates, weights)
     if n < theta:
-        raise NotEnoughClients(f"rlr needs n >= theta clients, got n={n}, theta={theta}")
-    share = (weights.to(torch.float64) / weights.to(torch.float64).sum()).to(updates.dtype)
+        raise NotEnoughClients(
+            f"rlr needs n >= theta = {theta} clients (no sign vote can reach theta otherwise, "
+            f"and every coordinate would be reversed), got n={n} (theta={theta})"
+        )
+    shares = _sample_shares(weights)
+    share = shares.to(updates.dtype)
     ones = torch.ones(n, dtype=updates.dtype, device=updates.device)
     result = torch.empty(updates.shape[1], dtype=updates.dtype, device=updates.device)
     # Block by block: whole-matrix torch.sign(updates).sum(0) takes ~0.8 s at n=100, d=1.2M,
@@ -426,7 +454,7 @@ def rlr(
         votes = ones @ torch.sign(block)
         averaged = share @ block
         result[columns] = torch.where(votes.abs() >= theta, averaged, -averaged)
-    return Aggregate(update=result, flagged=None)
+    return Aggregate(update=result, flagged=None, influence=shares)
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,6 +483,9 @@ def dnc(
     With ``b >= d`` every iteration would see the same coordinates, so the filter runs once and
     nothing is drawn.
 
+    Influence: ``1 / |good|`` for the clients of the good set, the coefficients of its
+    unweighted mean; 0 for the others.
+
     Parameters
     ----------
     updates : Tensor
@@ -475,9 +506,9 @@ def dnc(
     Returns
     -------
     Aggregate
-        The mean of the good set; ``flagged`` marks the clients outside it. Should the
-        intersection be empty (possible when ``niters * floor(c * f) >= n``), the update is
-        zero and every client is flagged.
+        The mean of the good set; ``flagged`` marks the clients outside it; ``influence`` as
+        above. Should the intersection be empty (possible when ``niters * floor(c * f) >= n``),
+        the update is zero, every client is flagged and nobody has influence.
 
     Raises
     ------
@@ -501,8 +532,8 @@ def dnc(
     removed = math.floor(c * f + 1e-9)
     if n <= removed:
         raise NotEnoughClients(
-            f"dnc removes floor(c * f)={removed} updates per iteration and needs more, "
-            f"got n={n}, f={f}, c={c}"
+            f"dnc needs n >= floor(c * f) + 1 = {removed + 1} clients (it removes "
+            f"floor(c * f) = {removed} per iteration), got n={n} (f={f}, c={c})"
         )
     d = updates.shape[1]
     size = min(int(b), d)
@@ -524,7 +555,8 @@ def dnc(
         good &= torch.zeros_like(good).index_fill_(0, kept, True)
     if not bool(good.any()):
         return _nobody_trusted(updates)
-    return Aggregate(update=_combination(updates, good / good.sum()), flagged=~good)
+    share = _selection_shares(good)
+    return Aggregate(update=_combination(updates, share), flagged=~good, influence=share)
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,6 +580,10 @@ def fltrust(
     from the reference (or orthogonal to it, or zero) has no influence, and rescaling stops a
     boosted update from dominating.
 
+    Influence: the trust shares ``ts_i / sum_j ts_j``, each client's weight in the mean of the
+    rescaled updates (rescaling to ``||g0||`` leaves an update its client's, so the factor
+    ``||g0|| / ||x_i||`` is not part of the share).
+
     Parameters
     ----------
     updates : Tensor
@@ -563,8 +599,8 @@ def fltrust(
     -------
     Aggregate
         The trust-weighted mean of the rescaled updates; ``flagged`` marks the clients with
-        trust 0. If nobody has positive trust (or ``reference`` is zero) the update is zero and
-        every client is flagged.
+        trust 0; ``influence`` as above. If nobody has positive trust (or ``reference`` is
+        zero) the update is zero, every client is flagged and nobody has influence.
 
     Raises
     ------
@@ -593,4 +629,6 @@ def fltrust(
     if total == 0:
         return _nobody_trusted(updates)
     coefficients = trust * (reference_norm / safe) / total
-    return Aggregate(update=_combination(updates, coefficients), flagged=trust == 0)
+    return Aggregate(
+        update=_combination(updates, coefficients), flagged=trust == 0, influence=trust / total
+    )

@@ -1,104 +1,29 @@
-"""The one place that converts between Flower's ``ArrayRecord`` and flat tensors.
-
-Defenses and attacks see a model as one float32 vector; a :class:`Layout` remembers how to
-cut it back into the named, shaped (and typed) entries of a ``state_dict``. Integer buffers
-(e.g. BatchNorm's ``num_batches_tracked``) travel as floats and are rounded back.
+"""The one place that converts between Flower's ``ArrayRecord`` and tensors: a ``state_dict``
+to and from a record, and a client's record read in place into the parameter and buffer vectors
+of a :class:`~fedbackdoor.layout.Layout`.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 from torch import Tensor
 
+from fedbackdoor.layout import Layout, LayoutMismatch, trainable_names
 
-class LayoutMismatch(ValueError):
-    """A client's arrays do not have the global model's keys, shapes or a numeric dtype."""
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Names, shapes and dtypes of a model's ``state_dict``, in order."""
-
-    keys: tuple[str, ...]
-    shapes: tuple[tuple[int, ...], ...]
-    dtypes: tuple[torch.dtype, ...]
-
-    @property
-    def dim(self) -> int:
-        return int(sum(int(np.prod(s)) for s in self.shapes))
-
-    @classmethod
-    def of(cls, state: dict[str, Tensor]) -> Layout:
-        return cls(
-            keys=tuple(state),
-            shapes=tuple(tuple(t.shape) for t in state.values()),
-            dtypes=tuple(t.dtype for t in state.values()),
-        )
-
-    def flatten(
-        self, state: Mapping[str, Tensor | np.ndarray], out: Tensor | None = None
-    ) -> Tensor:
-        """Concatenate ``state``'s entries (tensors or numpy arrays) into one float32 vector,
-        checking keys, shapes and dtypes; into ``out`` (a float32 ``[dim]`` tensor, e.g. a row
-        of a preallocated buffer) if given.
-        """
-        if tuple(state) != self.keys:
-            missing = sorted(set(self.keys) - set(state))
-            extra = sorted(set(state) - set(self.keys))
-            raise LayoutMismatch(
-                f"keys differ from the global model: missing {missing}, unexpected {extra}"
-            )
-        for key, shape, value in zip(self.keys, self.shapes, state.values(), strict=True):
-            if tuple(value.shape) != shape:
-                raise LayoutMismatch(f"{key}: shape {tuple(value.shape)} != expected {shape}")
-            if not _real(value):
-                raise LayoutMismatch(f"{key}: dtype {value.dtype} is not real-valued")
-        if out is None:
-            out = torch.empty(self.dim, dtype=torch.float32)
-        elif out.shape != (self.dim,) or out.dtype != torch.float32:
-            raise ValueError(f"out must be float32 of shape ({self.dim},), got {out.shape}")
-        offset = 0
-        # numpy's copy: torch's copy_ of many ~100k-element pieces runs 10x slower on a busy
-        # 2-core machine (its thread pool contends with the clients' processes).
-        target = out.numpy() if out.device.type == "cpu" else None
-        for value in state.values():
-            size = int(np.prod(value.shape))
-            if isinstance(value, np.ndarray):
-                if target is not None:
-                    np.copyto(target[offset : offset + size], value.reshape(-1))
-                else:
-                    out[offset : offset + size].copy_(torch.from_numpy(value.reshape(-1).copy()))
-            elif (
-                target is not None and value.device.type == "cpu" and value.dtype != torch.bfloat16
-            ):
-                np.copyto(target[offset : offset + size], value.detach().reshape(-1).numpy())
-            else:
-                out[offset : offset + size].copy_(value.detach().reshape(-1))
-            offset += size
-        return out
-
-    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
-        """Cut ``flat`` back into a ``state_dict`` with the original shapes and dtypes."""
-        if flat.shape != (self.dim,):
-            raise LayoutMismatch(
-                f"flat vector has shape {tuple(flat.shape)}, expected ({self.dim},)"
-            )
-        out: dict[str, Tensor] = {}
-        offset = 0
-        flat = flat.detach().cpu()
-        for key, shape, dtype in zip(self.keys, self.shapes, self.dtypes, strict=True):
-            size = int(np.prod(shape))
-            chunk = flat[offset : offset + size].reshape(shape)
-            out[key] = chunk.round().to(dtype) if not dtype.is_floating_point else chunk.to(dtype)
-            offset += size
-        return out
+__all__ = [
+    "Layout",
+    "LayoutMismatch",
+    "decode_record",
+    "flatten_record",
+    "to_record",
+    "to_state_dict",
+    "trainable_names",
+]
 
 
 def to_state_dict(record: ArrayRecord) -> dict[str, Tensor]:
@@ -109,12 +34,6 @@ def to_state_dict(record: ArrayRecord) -> dict[str, Tensor]:
 def to_record(state: dict[str, Tensor]) -> ArrayRecord:
     """A ``state_dict`` as an ``ArrayRecord``."""
     return ArrayRecord({k: v.detach().cpu() for k, v in state.items()})
-
-
-def _real(value: Tensor | np.ndarray) -> bool:
-    if isinstance(value, np.ndarray):
-        return value.dtype.kind in "fiu"
-    return value.dtype != torch.bool and not value.is_complex()
 
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -159,9 +78,9 @@ def _as_numpy(array: Array) -> np.ndarray:
     return np.asarray(array.numpy())
 
 
-def flatten_record(record: ArrayRecord, layout: Layout, out: Tensor | None = None) -> Tensor:
-    """Flatten a client's ``ArrayRecord`` with the global model's layout (into ``out``, see
-    :meth:`Layout.flatten`), reading the arrays in place (:func:`_as_numpy`).
+def decode_record(record: ArrayRecord, layout: Layout) -> dict[str, np.ndarray]:
+    """A client's ``ArrayRecord`` as numpy arrays read in place (:func:`_as_numpy`), checked
+    against ``layout``.
 
     Raises
     ------
@@ -172,4 +91,11 @@ def flatten_record(record: ArrayRecord, layout: Layout, out: Tensor | None = Non
         state = {key: _as_numpy(array) for key, array in record.items()}
     except Exception as exc:  # a malformed payload must not end the run
         raise LayoutMismatch(f"cannot decode arrays: {exc}") from exc
-    return layout.flatten(state, out=out)
+    layout.check(state)
+    return state
+
+
+def flatten_record(record: ArrayRecord, layout: Layout, out: Tensor | None = None) -> Tensor:
+    """The trainable parameters of a client's ``ArrayRecord`` (into ``out``, see
+    :meth:`Layout.flatten`), reading the arrays in place."""
+    return layout.flatten(decode_record(record, layout), out=out)

@@ -27,6 +27,7 @@ def train(msg: Message, context: Context) -> Message:
         malicious=bool(cfg["malicious"]),
         indices=np.asarray(cfg["indices"], dtype=np.int64),
         attacker_index=max(0, int(cfg.get("attacker-index", 0))),  # type: ignore[arg-type]
+        num_attackers=int(cfg["num-attackers"]),  # type: ignore[arg-type]
     )
     global_state = to_state_dict(msg.content.array_records["arrays"])
     state, result = client_update(str(cfg["run-config"]), global_state, spec)

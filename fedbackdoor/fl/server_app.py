@@ -32,12 +32,11 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import Strategy
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from fedbackdoor.attacks.updates import identity
+from fedbackdoor.attacks.poison import dba_assignment
 from fedbackdoor.config import validate
 from fedbackdoor.data.datasets import ImageData
 from fedbackdoor.experiment import (
@@ -50,32 +49,35 @@ from fedbackdoor.experiment import (
     build_schedule,
     build_update_attack,
 )
-from fedbackdoor.fl.arrays import to_record, to_state_dict
-from fedbackdoor.fl.strategy import AttackFirst, DefenseStrategy, RoundReport, wait_for_nodes
+from fedbackdoor.fl.arrays import to_record, to_state_dict, trainable_names
+from fedbackdoor.fl.strategy import DefenseStrategy, wait_for_nodes
 from fedbackdoor.metrics import Evaluator
 from fedbackdoor.plots import plot_run
 from fedbackdoor.results import MetricsWriter, detection_totals, load_metrics, write_run_status
 from fedbackdoor.sampling import choose_malicious
 from fedbackdoor.seeding import make_generator
+from fedbackdoor.server_step import RoundRecord, ServerStep
 
 
 def round_row(
-    round_: int, evaluation: dict[str, float], report: RoundReport | None, seconds: float
+    round_: int, evaluation: dict[str, float], record: RoundRecord | None, seconds: float
 ) -> dict[str, object]:
     """One row of ``metrics.csv``."""
     row: dict[str, object] = {"round": round_, **evaluation, "seconds": round(seconds, 3)}
-    if report is None:  # round 0: the initial model, nobody trained
-        row.update(n_clients=0, n_malicious=0, n_rejected=0)
+    if record is None:  # round 0: the initial model, nobody trained
+        row.update(n_clients=0, n_malicious=0, n_rejected=0, skipped=0)
         return row
     row.update(
-        aggregate_seconds=round(report.aggregate_seconds, 4),
-        n_clients=report.n_clients,
-        n_malicious=report.n_malicious,
-        n_rejected=report.n_rejected,
-        n_flagged=report.n_flagged,
+        aggregate_seconds=round(record.aggregate_seconds, 4),
+        n_clients=record.n_clients,
+        n_malicious=record.n_malicious,
+        n_rejected=record.n_rejected,
+        n_flagged=record.n_flagged,
+        mal_influence=record.influence,
+        skipped=int(record.skipped is not None),
     )
-    if report.detection is not None:
-        d = report.detection
+    if record.detection is not None:
+        d = record.detection
         row.update(det_tp=d.tp, det_fp=d.fp, det_tpr=d.tpr, det_fpr=d.fpr)
     return row
 
@@ -214,6 +216,20 @@ def prepare_server(cfg: DictConfig) -> ServerWorld:
     )
 
 
+def assign_reserved(
+    cfg: DictConfig, world: ServerWorld, malicious_set: frozenset[int]
+) -> list[np.ndarray]:
+    """The run's partitions: ``world``'s, with the training samples the attack reserves for the
+    attackers (``attack.reserve``: edge cases, Wang et al. 2020) moved from the benign clients to
+    the malicious ones (:func:`fedbackdoor.data.partition.reassign_to_attackers`)."""
+    if cfg.attack.get("reserve") is None:
+        return world.partitions
+    from fedbackdoor.data.partition import reassign_to_attackers  # flwr-datasets: server only
+
+    reserved = instantiate(cfg.attack.reserve)(world.data.x_train, world.data.y_train)
+    return reassign_to_attackers(world.partitions, np.asarray(reserved), sorted(malicious_set))
+
+
 def run_server(
     grid: Grid,
     cfg: DictConfig,
@@ -250,33 +266,41 @@ def run_server(
             raise ValueError("the prepared server world was built for another config")
         warm_up = WarmUp(grid, cfg_yaml, int(cfg.clients_per_round), min_nodes)
     model, evaluator = world.model, world.evaluator
-    update_attack = build_update_attack(cfg)
-    wrapper = cfg.defense.get("wrapper")
-    strategy = DefenseStrategy(
-        cfg_yaml=cfg_yaml,
-        partitions=world.partitions,
-        malicious_set=choose_malicious(
-            int(cfg.num_clients),
-            float(cfg.attack.fraction),
-            generator=make_generator(seed, "malicious"),
-        ),
-        clients_per_round=int(cfg.clients_per_round),
-        per_round=cfg.attack.get("per_round"),
-        # Under a Flower wrapper the attack runs outside it (AttackFirst), not in here.
-        update_attack=update_attack if wrapper is None else identity,
+    trainable = trainable_names(model)
+    malicious_set = choose_malicious(
+        int(cfg.num_clients),
+        float(cfg.attack.fraction),
+        generator=make_generator(seed, "malicious"),
+    )
+    partitions = assign_reserved(cfg, world, malicious_set)
+    if cfg.attack.get("num_parts") is not None and malicious_set:  # DBA: who stamps what
+        assignment = dba_assignment(int(cfg.attack.num_parts), len(malicious_set))
+        spread = "; ".join(f"attacker {i}: parts {list(p)}" for i, p in enumerate(assignment))
+        print(f"{lead}DBA trigger parts by attacker: {spread}", flush=True)
+        write_run_status(run_dir, dba_parts=[list(p) for p in assignment])
+    step = ServerStep(
         defense=build_defense_pipeline(cfg),
+        update_attack=build_update_attack(cfg),
         server_lr=float(cfg.server_lr),
-        sample_generator=make_generator(seed, "sample"),
         attack_generator=make_generator(seed, "attack"),
         defense_generator=make_generator(seed, "defense"),
-        min_nodes=min_nodes,
-        schedule=build_schedule(cfg),
-        root_update=build_root_update(cfg, world.data),
+        root_update=build_root_update(cfg, world.data, partitions, trainable),
         keep_history=bool(cfg.defense.get("history", False)),
     )
-    outer: Strategy = strategy
-    if wrapper is not None:
-        outer = AttackFirst(wrap_strategy(wrapper, strategy), strategy, update_attack, seed)
+    strategy = DefenseStrategy(
+        cfg_yaml=cfg_yaml,
+        partitions=partitions,
+        malicious_set=malicious_set,
+        clients_per_round=int(cfg.clients_per_round),
+        per_round=cfg.attack.get("per_round"),
+        step=step,
+        trainable=trainable,
+        sample_generator=make_generator(seed, "sample"),
+        min_nodes=min_nodes,
+        schedule=build_schedule(cfg),
+    )
+    diverged: list[int] = []
+    skipped: list[int] = []
     writer = MetricsWriter(run_dir / "metrics.csv", extra_columns=evaluator.columns)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -289,14 +313,19 @@ def run_server(
         else:
             model.load_state_dict(to_state_dict(arrays))
             evaluation = evaluator(model)
-            report = strategy.report
-            assert report is not None  # aggregate_train ran for this round
-            row = round_row(server_round, evaluation, report, time.perf_counter() - report.started)
-            extra = f"  clients {report.n_clients} ({report.n_malicious} malicious)"
-            if report.n_rejected:
-                extra += f"  rejected {report.n_rejected}"
-            if report.kept_previous:
-                extra += f"  kept previous model: {report.kept_previous}"
+            record = strategy.record
+            assert record is not None  # aggregate_train ran for this round
+            seconds = time.perf_counter() - strategy.started
+            row = round_row(server_round, evaluation, record, seconds)
+            extra = f"  clients {record.n_clients} ({record.n_malicious} malicious)"
+            if record.n_rejected:
+                extra += f"  rejected {record.n_rejected}"
+            if record.skipped is not None:
+                extra += f"  SKIPPED, global model kept: {record.skipped}"
+                skipped.append(server_round)
+            if evaluation.get("diverged"):
+                extra += "  DIVERGED: the global model computes non-finite outputs"
+                diverged.append(server_round)
         writer.write(row)
         print(
             f"{lead}round {server_round:>3}/{num_rounds}  main_acc {evaluation['main_acc']:.4f}  "
@@ -309,7 +338,7 @@ def run_server(
 
     initial = to_record(model.state_dict())
     try:
-        result = outer.start(
+        result = strategy.start(
             grid=grid, initial_arrays=initial, num_rounds=num_rounds, evaluate_fn=evaluate_fn
         )
         # The final global model, for model-level defenses and inspection.
@@ -320,7 +349,27 @@ def run_server(
         detection = None if math.isnan(totals["det_tp"]) else totals  # rule flags nobody
         if STOP.is_set():  # rounds may have run while Ray was stopping: not a complete run
             raise Interrupted(f"{run_dir}: interrupted")
-        write_run_status(run_dir, status="complete", seconds=seconds, detection=detection)
+        write_run_status(
+            run_dir,
+            status="complete",
+            seconds=seconds,
+            detection=detection,
+            diverged_rounds=diverged,
+            skipped_rounds=skipped,
+        )
+        if diverged:
+            print(
+                f"{lead}WARNING: the global model diverged (non-finite outputs) in "
+                f"{len(diverged)} round(s), first {diverged[0]}: accuracies of those rounds "
+                "count non-finite outputs as wrong",
+                flush=True,
+            )
+        if skipped:
+            print(
+                f"{lead}WARNING: the global model was not updated in {len(skipped)} round(s): "
+                f"{skipped}",
+                flush=True,
+            )
         if detection is not None:
             print(
                 f"{lead}detection over the run: {detection['det_tp']:.0f} of "
@@ -335,18 +384,6 @@ def run_server(
         if len(metrics):
             plot_run(metrics, run_dir / "accuracy.png", title=describe(cfg))
     return writer.path
-
-
-def wrap_strategy(node: DictConfig, strategy: Strategy) -> Strategy:
-    """Flower's strategy wrapper configured by ``defense.wrapper`` (a ``_partial_`` node, e.g.
-    ``DifferentialPrivacyServerSideFixedClipping``) around ``strategy``; a setting the wrapper
-    refuses stops the run with a message naming ``defense.wrapper``."""
-    target = str(node.get("_target_", "?"))
-    try:
-        build = instantiate(node)
-        return build(strategy)  # type: ignore[no-any-return]
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"defense.wrapper ({target}): {exc}") from exc
 
 
 app = ServerApp()

@@ -183,3 +183,25 @@ def test_neurotoxin_with_a_bound_projects_too() -> None:
     )
     state = constraint.finish(model.state_dict(), anchor)
     assert float(_state_delta(state, anchor).norm()) <= 0.1 * (1 + 1e-5)
+
+
+def test_pgd_spends_its_bound_on_the_parameters_of_a_batchnorm_model() -> None:
+    # Prepare: a model with BatchNorm (running statistics and a step counter change in training)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(16, 3))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(32, 1, 4, 4, generator=g), torch.randint(0, 3, (32,), generator=g)
+    anchor = {k: v.clone() for k, v in model.state_dict().items()}
+    constraint = pgd(model, x, y, norm_bound=0.5)
+
+    # Execute
+    train(model, x, y, epochs=2, batch_size=8, lr=0.01, generator=g, constraint=constraint)
+    state = constraint.finish(model.state_dict(), anchor)
+
+    # Assert: the parameter delta has the bound's norm; buffers are as trained, untouched
+    names = [name for name, _ in model.named_parameters()]
+    delta = torch.cat([(state[k] - anchor[k]).flatten() for k in names])
+    assert float(delta.norm()) == pytest.approx(0.5, rel=1e-5)
+    for key in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):
+        assert torch.equal(state[key], model.state_dict()[key])
+    assert int(state["1.num_batches_tracked"]) == 8

@@ -167,6 +167,8 @@ def test_backdoor_testset_uses_the_given_target() -> None:
 # --- distributed, blended, label-flipping and edge-case poisoning ----------------------------
 
 from fedbackdoor.attacks.poison import (  # noqa: E402
+    dba_assignment,
+    dba_part_testsets,
     dba_poison,
     edge_case_mask,
     edge_case_poison,
@@ -207,11 +209,102 @@ def test_dba_attacker_stamps_only_its_part() -> None:
         target_label=0,
         generator=torch.Generator(),
         attacker_index=5,
+        num_attackers=6,
     )
 
     changed_rows = torch.nonzero((x2 != x)[0, 0].any(dim=1)).flatten().tolist()
     assert changed_rows == [split(trigger, 4)[1].mask.sum(1).nonzero().item()]  # part 5 mod 4
     assert poisoned.all() and (y2 == 0).all()
+
+
+@pytest.mark.parametrize(
+    ("num_parts", "num_attackers", "expected"),
+    [
+        (4, 2, [(0, 2), (1, 3)]),
+        (4, 4, [(0,), (1,), (2,), (3,)]),
+        (4, 6, [(0,), (1,), (2,), (3,), (0,), (1,)]),  # i mod 4, as in the paper
+        (4, 3, [(0, 3), (1,), (2,)]),
+        (4, 1, [(0, 1, 2, 3)]),
+        (1, 3, [(0,), (0,), (0,)]),
+        (4, 0, []),
+    ],
+)
+def test_dba_assignment_by_hand(
+    num_parts: int, num_attackers: int, expected: list[tuple[int, ...]]
+) -> None:
+    assert dba_assignment(num_parts, num_attackers) == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(num_parts=st.integers(1, 16), num_attackers=st.integers(1, 24))
+def test_dba_assignment_covers_every_part(num_parts: int, num_attackers: int) -> None:
+    assignment = dba_assignment(num_parts, num_attackers)
+
+    stamped = [part for parts in assignment for part in parts]
+    assert len(assignment) == num_attackers
+    assert set(stamped) == set(range(num_parts))  # no part of the tested trigger is untrained
+    if num_attackers <= num_parts:
+        assert sorted(stamped) == list(range(num_parts))  # ...and none is stamped twice
+    else:
+        assert all(parts == (i % num_parts,) for i, parts in enumerate(assignment))
+
+
+@pytest.mark.parametrize(
+    ("num_parts", "num_attackers", "message"),
+    [(0, 2, "num_parts"), (4, -1, "num_attackers"), (4, 1.5, "num_attackers")],
+)
+def test_dba_assignment_rejects_bad_counts(
+    num_parts: int, num_attackers: float, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        dba_assignment(num_parts, num_attackers)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("attacker_index", "rows"), [(0, [7, 9]), (1, [8, 10])])
+def test_dba_attacker_stamps_the_union_of_its_parts(attacker_index: int, rows: list[int]) -> None:
+    # Prepare: 12x12 checkerboard of side 4 at the bottom right (1-pixel margin): rows and
+    # columns 7..10. Four parts = one row each (7, 8, 9, 10). Two attackers: attacker 0 owns
+    # parts 0 and 2 (rows 7, 9), attacker 1 parts 1 and 3 (rows 8, 10).
+    trigger = checkerboard(image_size=(12, 12), size=4)
+    x = torch.full((3, 1, 12, 12), 0.5)  # the checkerboard writes 0 or 1: every stamped pixel moves
+    y = torch.tensor([1, 2, 3])
+
+    # Execute
+    x2, y2, poisoned = dba_poison(
+        x,
+        y,
+        trigger=trigger,
+        num_parts=4,
+        poison_ratio=1.0,
+        target_label=0,
+        generator=torch.Generator(),
+        attacker_index=attacker_index,
+        num_attackers=2,
+    )
+
+    # Assert: exactly the pixels of rows `rows`, columns 7..10, carry the global pattern
+    stamped = torch.zeros(12, 12, dtype=torch.bool)
+    stamped[rows, 7:11] = True
+    assert poisoned.all() and y2.tolist() == [0, 0, 0]
+    assert torch.equal((x2 != x).any(dim=(0, 1)), stamped)
+    assert torch.equal(x2[:, :, stamped], trigger.apply(x)[:, :, stamped])
+    assert torch.equal(x2[:, :, ~stamped], x[:, :, ~stamped])
+
+
+def test_dba_rejects_an_attacker_index_beyond_the_attackers() -> None:
+    x, y = torch.full((2, 1, 12, 12), 0.5), torch.tensor([1, 2])
+    with pytest.raises(ValueError, match="attacker_index=2 must be below num_attackers=2"):
+        dba_poison(
+            x,
+            y,
+            trigger=checkerboard(image_size=(12, 12), size=4),
+            num_parts=4,
+            poison_ratio=1.0,
+            target_label=0,
+            generator=torch.Generator(),
+            attacker_index=2,
+            num_attackers=2,
+        )
 
 
 def test_split_rejects_more_parts_than_rows() -> None:
@@ -285,15 +378,115 @@ def test_label_flip_rejects_unknown_mode_and_missing_source() -> None:
         )
 
 
-def test_relabel_testset_keeps_the_source_class() -> None:
-    y = torch.tensor([0, 1, 2, 1])
-    x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1)
+@pytest.mark.parametrize(
+    ("mode", "kept"),
+    [
+        # y = [0, 1, 2, 1, 3]; target 0, source 1; image i holds the value i
+        ("all_to_one", [1.0, 2.0, 3.0, 4.0]),  # every non-target image
+        ("source_to_target", [1.0, 3.0]),  # the source class only
+        ("random", [1.0, 2.0, 3.0, 4.0]),  # untargeted: measured as all_to_one
+    ],
+)
+def test_relabel_testset_follows_the_mode(mode: str, kept: list[float]) -> None:
+    y = torch.tensor([0, 1, 2, 1, 3])
+    x = torch.arange(5, dtype=torch.float32).view(5, 1, 1, 1)
 
-    x_bd, y_bd = relabel_testset(x, y, target_label=0, source_label=1)
-    x_all, _ = relabel_testset(x, y, target_label=0)
+    x_bd, y_bd = relabel_testset(x, y, mode=mode, target_label=0, source_label=1)
 
-    assert x_bd.flatten().tolist() == [1.0, 3.0] and y_bd.tolist() == [0, 0]
-    assert x_all.flatten().tolist() == [1.0, 2.0, 3.0]
+    assert x_bd.flatten().tolist() == kept
+    assert y_bd.tolist() == [0] * len(kept) and y_bd.dtype == y.dtype
+
+
+def test_relabel_testset_rejects_unknown_mode_and_missing_source() -> None:
+    x, y = torch.zeros(3, 1, 1, 1), torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match="mode='swap'"):
+        relabel_testset(x, y, mode="swap", target_label=0)
+    with pytest.raises(ValueError, match="source_label=None"):
+        relabel_testset(x, y, mode="source_to_target", target_label=0)
+
+
+# --- a single source class (Ozdayi et al. 2021) --------------------------------------------
+
+
+def test_poison_dataset_with_a_source_label_poisons_only_that_class() -> None:
+    # Prepare: class 1 sits at positions 1, 3, 5, 6; half of them (2) are poisoned, chosen as
+    # the head of randperm(4) over those positions.
+    x = torch.full((8, 1, 8, 8), 0.5)
+    y = torch.tensor([0, 1, 2, 1, 3, 1, 1, 2])
+    order = torch.randperm(4, generator=torch.Generator().manual_seed(3))[:2]
+    expected = torch.zeros(8, dtype=torch.bool)
+    expected[torch.tensor([1, 3, 5, 6])[order]] = True
+
+    # Execute
+    x2, y2, poisoned = poison_dataset(
+        x,
+        y,
+        trigger=_trigger(),
+        poison_ratio=0.5,
+        target_label=7,
+        generator=torch.Generator().manual_seed(3),
+        source_label=1,
+    )
+
+    # Assert
+    assert torch.equal(poisoned, expected)
+    assert torch.all(y[poisoned] == 1) and torch.all(y2[poisoned] == 7)
+    assert torch.equal(y2[~poisoned], y[~poisoned]) and torch.equal(x2[~poisoned], x[~poisoned])
+    assert torch.equal(x2[poisoned], _trigger().apply(x[poisoned]))
+
+
+def test_poison_count_with_a_source_label_counts_source_samples() -> None:
+    x, y = torch.rand(8, 1, 8, 8), torch.tensor([0, 1, 2, 1, 3, 1, 1, 2])
+
+    _, _, poisoned = poison_dataset(
+        x,
+        y,
+        trigger=_trigger(),
+        poison_ratio=0.0,
+        target_label=7,
+        generator=torch.Generator(),
+        poison_count=10,
+        source_label=2,
+    )
+
+    assert poisoned.tolist() == [False, False, True, False, False, False, False, True]
+
+
+def test_backdoor_testset_with_a_source_label_keeps_that_class_only() -> None:
+    x, y = _dataset(n=12, channels=3)  # labels 0, 1, 2, 3 repeated: class 1 at 1, 5, 9
+
+    x_bd, y_bd = backdoor_testset(x, y, trigger=_trigger(), target_label=TARGET, source_label=1)
+
+    assert torch.equal(x_bd, _trigger().apply(x[[1, 5, 9]]))
+    assert y_bd.tolist() == [TARGET] * 3
+
+
+def test_dba_part_tests_follow_the_source_label() -> None:
+    trigger = checkerboard(image_size=(12, 12), size=4)
+    x, y = torch.full((4, 1, 12, 12), 0.5), torch.tensor([0, 1, 2, 1])
+
+    parts = dba_part_testsets(x, y, trigger=trigger, num_parts=2, target_label=0, source_label=1)
+
+    assert len(parts) == 2
+    for part, (x_bd, y_bd) in zip(split(trigger, 2), parts, strict=True):
+        assert torch.equal(x_bd, part.apply(x[[1, 3]])) and y_bd.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize(("source", "message"), [(0, "equals target_label"), (-1, "non-negative")])
+def test_a_bad_source_label_is_rejected(source: int, message: str) -> None:
+    x, y = _dataset(n=4)
+    with pytest.raises(ValueError, match=message):
+        backdoor_testset(x, y, trigger=_trigger(), target_label=0, source_label=source)
+    with pytest.raises(ValueError, match=message):
+        poison_dataset(
+            x,
+            y,
+            trigger=_trigger(),
+            poison_ratio=1.0,
+            target_label=0,
+            generator=torch.Generator(),
+            source_label=source,
+        )
 
 
 def test_edge_cases_are_the_bright_tail_of_the_source_class() -> None:

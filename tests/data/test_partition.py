@@ -11,10 +11,12 @@ from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from omegaconf import DictConfig, OmegaConf
 
 from fedbackdoor.data.datasets import synthetic
-from fedbackdoor.data.partition import partition_indices
+from fedbackdoor.data.partition import partition_indices, reassign_to_attackers
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -181,3 +183,120 @@ def test_dirichlet_config_with_bad_alpha_names_alpha() -> None:
 
     with pytest.raises(InstantiationException, match="(?i)alpha"):
         instantiate(cfg.partition.partitioner)
+
+
+# --------------------------------------------------------------------------------------------
+# Samples only the attackers hold (Wang et al. 2020, "Attack of the Tails")
+
+
+def _mask(num_samples: int, reserved: list[int]) -> np.ndarray:
+    return np.isin(np.arange(num_samples), reserved)
+
+
+def test_reserved_samples_move_from_benign_clients_to_the_attacker() -> None:
+    # Prepare: 10 samples, 3 clients, client 1 malicious; samples 2, 5 and 7 reserved.
+    parts = [np.array([0, 1, 2, 3]), np.array([4, 5, 6]), np.array([7, 8, 9])]
+    before = [p.copy() for p in parts]
+
+    # Execute
+    moved = reassign_to_attackers(parts, _mask(10, [2, 5, 7]), [1])
+
+    # Assert: the benign clients lose 2 and 7; the attacker keeps its own 5 and gets 2, 7 after
+    # its samples; the inputs are untouched.
+    assert [p.tolist() for p in moved] == [[0, 1, 3], [4, 5, 6, 2, 7], [8, 9]]
+    assert all(p.dtype == np.int64 for p in moved)
+    assert all(np.array_equal(p, q) for p, q in zip(parts, before, strict=True))
+    assert all(m is not p for m, p in zip(moved, parts, strict=True))
+
+
+def test_reserved_samples_are_dealt_round_robin_over_the_sorted_attackers() -> None:
+    # Prepare: 12 samples, 4 clients, attackers 2 and 0 (given unsorted); reserved 1, 4, 6, 8,
+    # 11. Benign client 1 gives up 4 and 6, benign client 3 gives up 11; the attackers keep
+    # their own (1 and 8). Sorted pool 4, 6, 11 -> attacker 0, attacker 2, attacker 0.
+    parts = [np.array([0, 1, 2]), np.array([3, 4, 5, 6]), np.array([7, 8, 9]), np.array([10, 11])]
+
+    moved = reassign_to_attackers(parts, _mask(12, [1, 4, 6, 8, 11]), iter([2, 0, 2]))
+
+    assert [p.tolist() for p in moved] == [[0, 1, 2, 4, 11], [3, 5], [7, 8, 9, 6], [10]]
+
+
+def test_without_attackers_the_reserved_samples_are_only_removed() -> None:
+    parts = [np.array([0, 1, 2, 3]), np.array([4, 5, 6]), np.array([7, 8, 9])]
+
+    moved = reassign_to_attackers(parts, _mask(10, [2, 5, 7]), [])
+
+    assert [p.tolist() for p in moved] == [[0, 1, 3], [4, 6], [8, 9]]
+
+
+def test_a_benign_client_left_without_data_is_named() -> None:
+    parts = [np.array([0, 1]), np.array([2, 3]), np.array([4, 5])]
+
+    with pytest.raises(ValueError, match="client 1 would be left without data"):
+        reassign_to_attackers(parts, _mask(6, [2, 3]), [0])
+
+
+def test_a_tensor_mask_from_the_attack_is_accepted() -> None:
+    parts = [np.array([0, 1]), np.array([2, 3])]
+
+    moved = reassign_to_attackers(parts, torch.tensor([False, True, False, False]), {1})
+
+    assert [p.tolist() for p in moved] == [[0], [2, 3, 1]]
+
+
+@pytest.mark.parametrize(
+    ("reserved", "malicious", "message"),
+    [
+        (np.zeros(4, dtype=bool), [2], "malicious client 2"),
+        (np.zeros(4, dtype=bool), [True], "ints"),
+        (np.zeros(4), [0], "bool mask"),
+        (np.zeros(3, dtype=bool), [0], "outside the reserved mask"),
+    ],
+)
+def test_reassign_rejects_bad_arguments(
+    reserved: np.ndarray, malicious: list[object], message: str
+) -> None:
+    parts = [np.array([0, 1]), np.array([2, 3])]
+    with pytest.raises(ValueError, match=message):
+        reassign_to_attackers(parts, reserved, malicious)  # type: ignore[arg-type]
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), num_samples=st.integers(1, 40), num_clients=st.integers(1, 6))
+def test_reassign_keeps_every_sample_once_and_reserved_ones_with_attackers(
+    data: st.DataObject, num_samples: int, num_clients: int
+) -> None:
+    # Prepare: a random disjoint cover of range(num_samples), a random mask and attacker set
+    owner = np.array(
+        data.draw(
+            st.lists(st.integers(0, num_clients - 1), min_size=num_samples, max_size=num_samples)
+        )
+    )
+    parts = [np.flatnonzero(owner == c) for c in range(num_clients)]
+    reserved = np.array(
+        data.draw(st.lists(st.booleans(), min_size=num_samples, max_size=num_samples))
+    )
+    malicious = data.draw(st.sets(st.integers(0, num_clients - 1)))
+    benign = [c for c in range(num_clients) if c not in malicious]
+    if any(len(parts[c]) and reserved[parts[c]].all() for c in benign):
+        with pytest.raises(ValueError, match="would be left without data"):
+            reassign_to_attackers(parts, reserved, malicious)
+        return
+
+    # Execute
+    moved = reassign_to_attackers(parts, reserved, malicious)
+
+    # Assert
+    everything = np.sort(np.concatenate(moved))
+    held_reserved = everything[reserved[everything]]
+    assert np.array_equal(everything[~reserved[everything]], np.flatnonzero(~reserved))  # once
+    for c in benign:  # order kept, nothing reserved left
+        assert np.array_equal(moved[c], parts[c][~reserved[parts[c]]])
+    for c in malicious:  # its own samples first, as they were, then reserved ones only
+        assert np.array_equal(moved[c][: len(parts[c])], parts[c])
+        assert reserved[moved[c][len(parts[c]) :]].all()
+    if malicious:  # every reserved sample once, with an attacker
+        assert np.array_equal(held_reserved, np.flatnonzero(reserved))
+    else:  # no attacker: all dropped
+        assert held_reserved.size == 0
+    dealt = [len(moved[c]) - len(parts[c]) for c in sorted(malicious)]
+    assert not dealt or max(dealt) - min(dealt) <= 1  # round-robin

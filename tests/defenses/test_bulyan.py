@@ -203,7 +203,9 @@ def test_bulyan_raises_not_enough_clients_below_4f_plus_3(f: int, n: int) -> Non
     updates, weights = _random_updates(0, n, 3)
 
     # Execute / Assert
-    with pytest.raises(NotEnoughClients, match=rf"n={n}, f={f}"):
+    with pytest.raises(
+        NotEnoughClients, match=rf"n >= 4f \+ 3 = {4 * f + 3} clients, got n={n} \(f={f}\)"
+    ):
         bulyan(updates, weights, f=f)
 
 

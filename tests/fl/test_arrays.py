@@ -14,18 +14,27 @@ from fedbackdoor.fl.arrays import (
     flatten_record,
     to_record,
     to_state_dict,
+    trainable_names,
 )
 from fedbackdoor.models import ResNet18
 
 
 def test_state_dict_round_trips_through_flat_vector_and_array_record() -> None:
-    state = ResNet18(3, 10, (32, 32), width=4).state_dict()  # has int64 num_batches_tracked
-    layout = Layout.of(state)
+    model = ResNet18(3, 10, (32, 32), width=4)
+    state = model.state_dict()  # has running statistics and int64 num_batches_tracked
+    for value in state.values():  # distinct values everywhere, counters included
+        value.copy_(torch.arange(value.numel()).reshape(value.shape) % 97)
+    layout = Layout.of(state, trainable_names(model))
 
     flat = flatten_record(to_record(state), layout)
-    back = layout.unflatten(flat)
+    buffers = layout.flatten_buffers(state)
+    back = layout.unflatten(flat, buffers)
 
-    assert flat.shape == (layout.dim,) and flat.dtype == torch.float32
+    params = sum(p.numel() for p in model.parameters())
+    assert flat.shape == (layout.dim,) == (params,) and flat.dtype == torch.float32
+    assert buffers.dtype == torch.float64 and layout.buffer_dim == sum(
+        v.numel() for k, v in state.items() if k not in trainable_names(model)
+    )
     assert list(back) == list(state)
     for key, value in state.items():
         assert back[key].dtype == value.dtype and torch.equal(back[key], value)
@@ -33,7 +42,7 @@ def test_state_dict_round_trips_through_flat_vector_and_array_record() -> None:
 
 def test_layout_rejects_wrong_shape_and_missing_keys() -> None:
     state = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
-    layout = Layout.of(state)
+    layout = Layout.of(state, {"w", "b"})
 
     with pytest.raises(LayoutMismatch, match=r"w: shape \(3, 2\) != expected \(2, 3\)"):
         layout.flatten({"w": torch.zeros(3, 2), "b": torch.zeros(3)})
@@ -51,15 +60,16 @@ def test_array_record_to_state_dict_keeps_values() -> None:
 
 def test_flatten_into_a_row_of_a_buffer() -> None:
     state = {"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "n": torch.tensor(7)}
-    layout = Layout.of(state)
+    layout = Layout.of(state, {"w"})
     buffer = torch.zeros(2, layout.dim)
 
     flat = layout.flatten(state, out=buffer[1])
 
     assert flat.data_ptr() == buffer[1].data_ptr()
-    assert buffer.tolist() == [[0.0] * 5, [1.0, 2.0, 3.0, 4.0, 7.0]]
-    with pytest.raises(ValueError, match="out must be float32"):
-        layout.flatten(state, out=torch.zeros(4))
+    assert buffer.tolist() == [[0.0] * 4, [1.0, 2.0, 3.0, 4.0]]  # the counter is no parameter
+    assert layout.flatten_buffers(state).tolist() == [7.0]
+    with pytest.raises(ValueError, match=r"out must be torch.float32 of shape \(4,\)"):
+        layout.flatten(state, out=torch.zeros(5))
 
 
 @pytest.mark.parametrize(
@@ -89,7 +99,7 @@ def test_reading_an_array_in_place_equals_numpys_reader(value: np.ndarray) -> No
 
 def test_a_truncated_or_pickled_payload_is_rejected_by_numpys_reader() -> None:
     # Prepare: the same header with its data cut short; an object array's header
-    layout = Layout.of({"w": torch.zeros(4)})
+    layout = Layout.of({"w": torch.zeros(4)}, {"w"})
     truncated = Array(np.arange(4, dtype=np.float32))
     truncated.data = truncated.data[:-4]
     pickled = Array(np.arange(4, dtype=np.float32))

@@ -25,7 +25,7 @@ def test_runs_differing_only_in_defense_or_attack_strength_share_partitions_and_
 
 
 def test_the_shared_round_0_is_the_evaluation_of_the_run_own_initial_model() -> None:
-    cfg = compose_config([*SMALL, "defense=krum"])
+    cfg = compose_config([*SMALL, "defense=geomed"])
     world = prepare_server(cfg)
 
     evaluation = world.evaluator(world.model)

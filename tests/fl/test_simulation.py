@@ -11,8 +11,8 @@ import torch
 
 from fedbackdoor.cli import compose_config
 from fedbackdoor.experiment import build_data, build_model, build_partitions
-from fedbackdoor.fl.arrays import Layout
 from fedbackdoor.fl.simulation import Engine, run_simulation
+from fedbackdoor.layout import Layout, trainable_names
 from fedbackdoor.results import TIMING_COLUMNS, read_run_status
 from fedbackdoor.training import train
 
@@ -77,7 +77,7 @@ def test_two_clients_fedavg_equals_one_full_batch_step_on_the_union(
         generator=torch.Generator(),
     )
     federated = torch.load(tmp_path / "model.pt", weights_only=True)
-    layout = Layout.of(central.state_dict())
+    layout = Layout.of(central.state_dict(), trainable_names(central))
     moved = layout.flatten(central.state_dict()) - layout.flatten(start.state_dict())
     assert moved.abs().max() > 1e-3  # the step is not trivially zero
     assert torch.allclose(
@@ -115,12 +115,10 @@ def test_median_resists_the_minority_attack(attacked_run: Path, tmp_path: Path) 
     assert median["main_acc"].iloc[-1] > 0.9
 
 
-def test_flowers_central_dp_wrapper_runs_with_the_attack_before_its_clipping(
-    tmp_path: Path, data_cache: str
-) -> None:
-    # Prepare: Flower's DifferentialPrivacyServerSideFixedClipping around our strategy
+def test_a_stateful_defense_runs_end_to_end(tmp_path: Path, data_cache: str) -> None:
+    # Prepare: adaptive-clipping DP keeps its clipping norm across rounds in the defense's store
     cfg = compose_config(
-        [*ATTACKED, "num_rounds=4", "defense=flower_dp_fixed", "defense.noise_multiplier=0.01"]
+        [*ATTACKED, "num_rounds=4", "defense=flower_dp_adaptive", "defense.noise_multiplier=0.01"]
     )
 
     # Execute

@@ -1,4 +1,5 @@
-"""DefenseStrategy on hand-made replies: decoding, attack, rejection, defense, reporting."""
+"""DefenseStrategy on hand-made replies: messages, decoding (parameters and buffers), and the
+translation to and from the server step (whose maths tests/test_server_step.py covers)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Error, Message, RecordDict
-from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedbackdoor.attacks.updates import identity, scale
 from fedbackdoor.defenses.aggregators import krum, mean, median
 from fedbackdoor.defenses.pipeline import Defense
 from fedbackdoor.fl.arrays import to_record, to_state_dict
-from fedbackdoor.fl.strategy import AttackFirst, DefenseStrategy
+from fedbackdoor.fl.strategy import DefenseStrategy
 from fedbackdoor.sampling import AttackSchedule
 from fedbackdoor.seeding import make_generator
+from fedbackdoor.server_step import ServerStep
 
 
 @pytest.fixture(autouse=True)
@@ -56,12 +57,15 @@ def make_strategy(
         malicious_set=malicious,
         clients_per_round=num_clients,
         per_round=None,
-        update_attack=attack,
-        defense=defense,
-        server_lr=1.0,
+        step=ServerStep(
+            defense=defense,
+            update_attack=attack,
+            server_lr=1.0,
+            attack_generator=make_generator(0, "attack"),
+            defense_generator=make_generator(0, "defense"),
+        ),
+        trainable=frozenset(GLOBAL),
         sample_generator=make_generator(0, "sample"),
-        attack_generator=make_generator(0, "attack"),
-        defense_generator=make_generator(0, "defense"),
         schedule=schedule,
     )
 
@@ -114,7 +118,7 @@ def test_fedavg_of_replies_weighted_by_examples_in_any_reply_order() -> None:
     new = to_state_dict(arrays)
     assert torch.allclose(new["w"], GLOBAL["w"] + torch.tensor([1 / 6, 1.0]))
     assert torch.allclose(new["b"], GLOBAL["b"] + 3.0)
-    assert strategy.report is not None and strategy.report.n_clients == 3
+    assert strategy.record is not None and strategy.record.n_clients == 3
 
 
 def test_invalid_updates_are_rejected_logged_and_the_round_goes_on() -> None:
@@ -129,11 +133,11 @@ def test_invalid_updates_are_rejected_logged_and_the_round_goes_on() -> None:
 
     arrays, _ = strategy.aggregate_train(1, replies)
 
-    report = strategy.report
-    assert report is not None and report.n_rejected == 3 and report.n_clients == 1
-    assert any("non-finite" in r or "nan" in r.lower() for r in report.rejected)
-    assert any("shape" in r for r in report.rejected)
-    assert any("client crashed" in r for r in report.rejected)
+    record = strategy.record
+    assert record is not None and record.n_rejected == 3 and record.n_clients == 1
+    assert any("non-finite" in r or "nan" in r.lower() for r in record.rejected)
+    assert any("shape" in r for r in record.rejected)
+    assert any("client crashed" in r for r in record.rejected)
     assert arrays is not None
     assert torch.allclose(to_state_dict(arrays)["w"], GLOBAL["w"] + 1.0)
 
@@ -153,7 +157,7 @@ def test_attack_scales_only_malicious_updates_before_the_defense() -> None:
     # mean of [1,0,0] and 4*[1,0,0]
     assert arrays is not None
     assert torch.allclose(to_state_dict(arrays)["w"], GLOBAL["w"] + torch.tensor([2.5, 0.0]))
-    assert strategy.report is not None and strategy.report.n_malicious == 1
+    assert strategy.record is not None and strategy.record.n_malicious == 1
 
 
 def test_defense_flags_are_scored_against_the_malicious_ground_truth() -> None:
@@ -172,10 +176,10 @@ def test_defense_flags_are_scored_against_the_malicious_ground_truth() -> None:
 
     strategy.aggregate_train(1, replies)
 
-    report = strategy.report
-    assert report is not None and report.detection is not None
-    assert (report.detection.tp, report.detection.fp) == (1, 1)  # Multi-Krum keeps 3 of 5
-    assert report.detection.tpr == 1.0 and report.detection.fpr == pytest.approx(0.25)
+    record = strategy.record
+    assert record is not None and record.detection is not None
+    assert (record.detection.tp, record.detection.fp) == (1, 1)  # Multi-Krum keeps 3 of 5
+    assert record.detection.tpr == 1.0 and record.detection.fpr == pytest.approx(0.25)
 
 
 def test_too_few_clients_for_the_rule_keeps_the_previous_model() -> None:
@@ -185,7 +189,7 @@ def test_too_few_clients_for_the_rule_keeps_the_previous_model() -> None:
     arrays, _ = strategy.aggregate_train(1, [reply(m, shifted([1.0, 1.0, 1.0])) for m in msgs])
 
     assert arrays is None
-    assert strategy.report is not None and "f=1" in (strategy.report.kept_previous or "")
+    assert strategy.record is not None and "f=1" in (strategy.record.skipped or "")
 
 
 def test_median_reports_no_detection() -> None:
@@ -194,9 +198,9 @@ def test_median_reports_no_detection() -> None:
 
     strategy.aggregate_train(1, [reply(m, shifted([1.0, 1.0, 1.0])) for m in msgs])
 
-    assert strategy.report is not None
-    assert strategy.report.detection is None and strategy.report.n_flagged is None
-    assert not math.isnan(float(strategy.report.n_clients))
+    assert strategy.record is not None
+    assert strategy.record.detection is None and strategy.record.n_flagged is None
+    assert not math.isnan(float(strategy.record.n_clients))
 
 
 def test_outside_the_attack_schedule_every_client_trains_honestly() -> None:
@@ -221,14 +225,14 @@ def test_the_servers_root_update_reaches_the_rule_as_reference() -> None:
     # along it and distrusts the one against it.
     from fedbackdoor.defenses.detection import fltrust
 
-    seen: list[tuple[dict[str, torch.Tensor], int]] = []
+    seen: list[tuple[torch.Tensor, int]] = []
 
-    def root_update(state: dict[str, torch.Tensor], round_: int) -> dict[str, torch.Tensor]:
-        seen.append((state, round_))
-        return {"w": state["w"] + 1.0, "b": state["b"]}
+    def root_update(params: torch.Tensor, buffers: torch.Tensor, round_: int) -> torch.Tensor:
+        seen.append((params, round_))
+        return torch.tensor([1.0, 1.0, 0.0])
 
     strategy = make_strategy(Defense(rule=fltrust), num_clients=2)
-    strategy.root_update = root_update
+    strategy.step.root_update = root_update
     msgs = configure(strategy, nodes=[1, 2])
     replies = [reply(msgs[0], shifted([2.0, 2.0, 0.0])), reply(msgs[1], shifted([-3.0, -1.0, 0.0]))]
 
@@ -238,11 +242,11 @@ def test_the_servers_root_update_reaches_the_rule_as_reference() -> None:
     # Assert: reference (1, 1, 0), norm sqrt 2; client 0 rescaled to it: (1, 1, 0); client 1
     # has negative cosine: trust 0, flagged.
     assert arrays is not None and seen[0][1] == 1
-    assert torch.equal(seen[0][0]["w"], GLOBAL["w"])
+    assert torch.equal(seen[0][0], torch.tensor([1.0, 2.0, 0.5]))
     new = to_state_dict(arrays)
     assert torch.allclose(new["w"], GLOBAL["w"] + 1.0) and torch.allclose(new["b"], GLOBAL["b"])
-    report = strategy.report
-    assert report is not None and report.n_flagged == 1
+    record = strategy.record
+    assert record is not None and record.n_flagged == 1
 
 
 def test_history_sums_each_clients_updates_across_rounds() -> None:
@@ -254,7 +258,7 @@ def test_history_sums_each_clients_updates_across_rounds() -> None:
         return mean(updates, weights)
 
     strategy = make_strategy(Defense(rule=recording_mean), num_clients=2)
-    strategy.keep_history = True
+    strategy.step.keep_history = True
     deltas = {0: [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]], 1: [[0.0, 2.0, 0.0], [0.0, 0.0, 3.0]]}
 
     # Execute: two rounds, both clients each time (the global model moves in between).
@@ -274,111 +278,3 @@ def test_history_sums_each_clients_updates_across_rounds() -> None:
     # Assert: round 2's history is each client's sum of its two updates
     assert torch.allclose(seen[0], torch.tensor(deltas[0][:1] + deltas[1][:1]))
     assert torch.allclose(seen[1], torch.tensor([[1.5, 0.5, 0.0], [0.0, 2.0, 3.0]]))
-
-
-# --------------------------------------------------------------------------------------------
-# Flower's central-DP wrappers: the attack comes first
-# --------------------------------------------------------------------------------------------
-
-
-def make_wrapped(
-    attack,
-    *,
-    noise_multiplier: float = 0.0,
-    seed: int = 0,
-    malicious: frozenset[int] = frozenset({1}),
-) -> tuple[AttackFirst, DefenseStrategy]:  # type: ignore[no-untyped-def]
-    core = make_strategy(Defense(rule=mean), malicious=malicious, num_clients=2)
-    wrapper = DifferentialPrivacyServerSideFixedClipping(
-        core, noise_multiplier=noise_multiplier, clipping_norm=1.0, num_sampled_clients=2
-    )
-    return AttackFirst(wrapper, core, attack, seed), core
-
-
-def configure_outer(outer: AttackFirst) -> list[Message]:
-    msgs = list(outer.configure_train(1, to_record(GLOBAL), ConfigRecord(), FakeGrid([1, 2])))  # type: ignore[arg-type]
-    return sorted(msgs, key=lambda m: int(m.content.config_records["config"]["partition-id"]))  # type: ignore[arg-type]
-
-
-def test_under_flowers_dp_wrapper_the_attack_is_applied_before_the_clipping() -> None:
-    # Prepare: benign update [0.6, 0.8, 0] (norm 1); the attacker's [0.3, 0.4, 0] is boosted
-    # x100 to norm 50, then Flower clips it to norm 1: [0.6, 0.8, 0]. Had the boost come after
-    # the clipping, the mean would be (0.6 + 30) / 2 = 15.3 in the first coordinate.
-    outer, core = make_wrapped(partial(scale, boost=100.0))
-    msgs = configure_outer(outer)
-    replies = [reply(msgs[0], shifted([0.6, 0.8, 0.0])), reply(msgs[1], shifted([0.3, 0.4, 0.0]))]
-
-    # Execute
-    arrays, _ = outer.aggregate_train(1, replies)
-
-    # Assert
-    assert arrays is not None
-    new = to_state_dict(arrays)
-    torch.testing.assert_close(new["w"], GLOBAL["w"] + torch.tensor([0.6, 0.8]))
-    torch.testing.assert_close(new["b"], GLOBAL["b"])
-    assert core.report is not None and core.report.n_malicious == 1
-    assert core.report.aggregate_seconds > 0
-
-
-def test_flowers_dp_noise_is_reproducible_and_leaves_numpys_global_rng_alone() -> None:
-    # Prepare
-    def noisy(seed: int) -> dict[str, torch.Tensor]:
-        outer, _ = make_wrapped(identity, noise_multiplier=1.0, seed=seed)
-        msgs = configure_outer(outer)
-        replies = [reply(m, shifted([0.1, 0.1, 0.1])) for m in msgs]
-        arrays, _ = outer.aggregate_train(1, replies)
-        assert arrays is not None
-        return to_state_dict(arrays)
-
-    np.random.seed(123)  # noqa: NPY002 (the test checks the global RNG is restored)
-    before = np.random.get_state()[1].copy()  # noqa: NPY002
-
-    # Execute
-    first, again, other = noisy(0), noisy(0), noisy(1)
-
-    # Assert
-    assert np.array_equal(np.random.get_state()[1], before)  # noqa: NPY002
-    torch.testing.assert_close(first, again, rtol=0, atol=0)
-    assert not torch.equal(first["w"], other["w"])
-    # noise of std 1.0 x 1.0 / 2 on every coordinate moved the model
-    assert not torch.allclose(first["w"], GLOBAL["w"] + 0.1)
-
-
-def test_broken_replies_are_rejected_before_flowers_wrapper_sees_them() -> None:
-    # Prepare: Flower's wrapper skips the whole round when one reply is an error
-    outer, core = make_wrapped(identity, malicious=frozenset())
-    msgs = configure_outer(outer)
-    replies = [
-        reply(msgs[0], shifted([0.3, 0.4, 0.0])),
-        Message(Error(code=1, reason="client crashed"), reply_to=msgs[1]),
-    ]
-
-    # Execute
-    arrays, _ = outer.aggregate_train(1, replies)
-
-    # Assert
-    assert arrays is not None
-    torch.testing.assert_close(to_state_dict(arrays)["w"], GLOBAL["w"] + torch.tensor([0.3, 0.4]))
-    assert core.report is not None and core.report.n_rejected == 1 and core.report.n_clients == 1
-    assert "client crashed" in core.report.rejected[0]
-
-
-def test_a_wrapper_setting_flower_refuses_names_defense_wrapper() -> None:
-    # Prepare
-    from omegaconf import OmegaConf
-
-    from fedbackdoor.fl.server_app import wrap_strategy
-
-    node = OmegaConf.create(
-        {
-            "_target_": "flwr.serverapp.strategy.DifferentialPrivacyServerSideFixedClipping",
-            "_partial_": True,
-            "noise_multiplier": 1.0,
-            "clipping_norm": -1.0,
-            "num_sampled_clients": 2,
-        }
-    )
-
-    # Execute / Assert
-    with pytest.raises(ValueError, match=r"defense.wrapper \(.*FixedClipping\): .*clipping norm"):
-        wrap_strategy(node, make_strategy(Defense(rule=mean)))

@@ -1,0 +1,259 @@
+"""The server's step of one round, Flower-free: the global model and the round's client updates
+in, the new global model and the round's record out.
+
+Order of the step (the threat model the harness simulates):
+
+1. the colluding attackers' server-side model poisoning (:mod:`fedbackdoor.attacks.updates`:
+   model replacement's boost, ALIE, ...) replaces the malicious rows of the stacked updates;
+2. updates (or buffers) holding NaN or infinities are rejected and named in the record;
+3. the defense (:class:`~fedbackdoor.defenses.pipeline.Defense`) aggregates the rest; a rule whose
+   precondition fails this round (:class:`~fedbackdoor.defenses.aggregators.NotEnoughClients`)
+   skips the round: the global model stays, and the record says why;
+4. the global parameters move by ``server_lr`` times the aggregate; a non-finite result is not
+   applied (the round is skipped, and said so).
+
+**Updates are parameter deltas** (:mod:`fedbackdoor.fl.arrays`); attacks and defenses never see
+buffers. **Buffers** (BatchNorm's running mean and variance, ``num_batches_tracked``) are set to
+the sample-weighted mean of the values reported by the clients the rule kept: every valid client
+for rules that flag nobody, the unflagged ones otherwise (all valid ones if the rule flagged
+everybody). Integer buffers are rounded. The boost of model replacement does not touch them.
+``server_lr`` does not apply to buffers: they are statistics, not a descent direction.
+
+**Malicious influence** of a round is the share of the aggregate's weight that came from
+malicious updates, ``Aggregate.influence[malicious].sum()`` (each rule defines its influence
+vector: sample shares for FedAvg, selection shares for Krum, the share of coordinates taken from
+a row for the coordinate-wise rules, trust weights for FoolsGold/FLTrust).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from fedbackdoor.defenses.aggregators import Aggregate, NotEnoughClients
+from fedbackdoor.defenses.pipeline import Defense, validate_stacked
+from fedbackdoor.metrics import Detection, detection
+
+__all__ = ["RoundRecord", "ServerStep", "check_rule_runs", "weighted_buffers"]
+
+UpdateAttack = Callable[..., Tensor]
+#: ``(global_params, global_buffers, round) -> reference update [d]``: the server's own
+#: training on its root data (FLTrust).
+RootUpdate = Callable[[Tensor, Tensor, int], Tensor]
+
+
+@dataclass
+class RoundRecord:
+    """What happened on the server in one round (one row of ``metrics.csv`` with the
+    evaluation)."""
+
+    round: int
+    n_clients: int = 0  # valid updates that reached the defense
+    n_malicious: int = 0  # malicious among those
+    rejected: list[str] = field(default_factory=list)
+    detection: Detection | None = None  # for rules that classify clients
+    n_flagged: int | None = None
+    #: Share of the aggregate's weight that came from malicious updates (None: no aggregate).
+    influence: float | None = None
+    #: Why the global model was not updated this round (None: it was).
+    skipped: str | None = None
+    aggregate_seconds: float = 0.0
+
+    @property
+    def n_rejected(self) -> int:
+        return len(self.rejected)
+
+
+def weighted_buffers(buffers: Tensor, weights: Tensor) -> Tensor:
+    """The sample-weighted mean of the clients' buffer vectors ``[n, b]`` (float64)."""
+    share = weights.to(torch.float64) / weights.to(torch.float64).sum()
+    return share @ buffers.to(torch.float64)
+
+
+@dataclass
+class ServerStep:
+    """The server's round: attack, screen, defend, apply (see the module notes).
+
+    Attributes
+    ----------
+    defense : Defense
+        The aggregation pipeline (it keeps its own state across rounds).
+    update_attack : callable
+        ``(updates, malicious, *, weights, generator) -> updates``; the identity for data-only
+        attacks.
+    server_lr : float
+        The global parameters move by ``server_lr`` times the aggregate.
+    attack_generator, defense_generator : torch.Generator
+        The run's random streams of the attack and of the defense.
+    root_update : callable, optional
+        The server's own update on root data, handed to the rule as ``reference`` (FLTrust).
+    keep_history : bool
+        Keep each client's sum of its past valid updates and hand the round's clients' sums to
+        the rule as ``history`` (FoolsGold); costs ``num_clients x d`` floats.
+    """
+
+    defense: Defense
+    update_attack: UpdateAttack
+    server_lr: float
+    attack_generator: torch.Generator
+    defense_generator: torch.Generator
+    root_update: RootUpdate | None = None
+    keep_history: bool = False
+    _history: dict[int, Tensor] = field(default_factory=dict, repr=False)
+
+    def __call__(
+        self,
+        global_params: Tensor,
+        global_buffers: Tensor,
+        updates: Tensor,
+        buffers: Tensor,
+        weights: Tensor,
+        malicious: Tensor,
+        *,
+        round: int,
+        clients: Sequence[int],
+        rejected: Sequence[str] = (),
+    ) -> tuple[Tensor, Tensor, RoundRecord]:
+        """Run the server's step of round ``round``.
+
+        Parameters
+        ----------
+        global_params : Tensor
+            ``[d]`` float32, the global model's trainable parameters.
+        global_buffers : Tensor
+            ``[b]`` float64, its buffers (``b`` may be 0).
+        updates : Tensor
+            ``[n, d]`` float32 client updates (parameter deltas), in ``clients`` order. May be
+            modified in place by the attack step's callers; not kept.
+        buffers : Tensor
+            ``[n, b]`` the clients' buffer values (not deltas).
+        weights : Tensor
+            ``[n]`` sample counts, ``> 0``.
+        malicious : Tensor
+            ``[n]`` bool: which rows come from malicious clients that attack this round.
+        round : int
+            The round number (``>= 1``).
+        clients : sequence of int
+            The clients' ids (partition ids), for the record and the history.
+        rejected : sequence of str
+            Replies already rejected while decoding (named in the record).
+
+        Returns
+        -------
+        (params, buffers, record)
+            The new global parameters ``[d]`` and buffers ``[b]`` (the old ones if the round
+            was skipped) and the round's :class:`RoundRecord`.
+        """
+        started = time.perf_counter()
+        record = RoundRecord(round=round, rejected=list(rejected))
+        try:
+            return self._step(
+                record,
+                global_params,
+                global_buffers,
+                updates,
+                buffers,
+                weights,
+                malicious,
+                clients,
+            )
+        finally:
+            record.aggregate_seconds = time.perf_counter() - started
+
+    def _step(
+        self,
+        record: RoundRecord,
+        global_params: Tensor,
+        global_buffers: Tensor,
+        updates: Tensor,
+        buffers: Tensor,
+        weights: Tensor,
+        malicious: Tensor,
+        clients: Sequence[int],
+    ) -> tuple[Tensor, Tensor, RoundRecord]:
+        n = updates.shape[0]
+        if not (len(clients) == n == buffers.shape[0] == weights.shape[0] == malicious.shape[0]):
+            raise ValueError(
+                f"{n} updates, {buffers.shape[0]} buffer rows, {weights.shape[0]} weights, "
+                f"{malicious.shape[0]} flags and {len(clients)} clients must agree"
+            )
+        if bool(malicious.any()):
+            updates = self.update_attack(
+                updates, malicious, weights=weights, generator=self.attack_generator
+            )
+        valid, bad_rows, reasons = validate_stacked(updates, global_params.shape[0])
+        bad = dict(zip(bad_rows, reasons, strict=True))
+        if buffers.shape[1]:
+            for i in torch.nonzero(~torch.isfinite(buffers).all(dim=1)).flatten().tolist():
+                bad.setdefault(i, "non-finite buffers (nan/inf)")
+        if len(bad) > len(bad_rows):  # rows rejected for their buffers only
+            keep_mask = torch.ones(n, dtype=torch.bool)
+            keep_mask[list(bad)] = False
+            valid = updates[keep_mask]
+        for i in sorted(bad):
+            record.rejected.append(f"client {clients[i]}: {bad[i]}")
+        keep = [i for i in range(n) if i not in bad]
+        kept_clients = [clients[i] for i in keep]
+        weights, malicious, buffers = weights[keep], malicious[keep], buffers[keep]
+        record.n_clients = len(keep)
+        record.n_malicious = int(malicious.sum())
+        if not keep:
+            record.skipped = "no valid update"
+            return global_params, global_buffers, record
+
+        context: dict[str, Tensor] = {}
+        if self.keep_history:
+            for client, update in zip(kept_clients, valid, strict=True):
+                if client in self._history:
+                    self._history[client] += update
+                else:
+                    self._history[client] = update.clone()
+            context["history"] = torch.stack([self._history[c] for c in kept_clients])
+        if self.root_update is not None:
+            context["reference"] = self.root_update(global_params, global_buffers, record.round)
+        try:
+            agg: Aggregate = self.defense(
+                valid, weights, generator=self.defense_generator, **context
+            )
+        except NotEnoughClients as exc:  # e.g. Krum with n <= 2f + 2 after rejections
+            record.skipped = str(exc)
+            return global_params, global_buffers, record
+        if agg.flagged is not None:
+            flags = agg.flagged.tolist()
+            record.detection = detection(flags, malicious.tolist())
+            record.n_flagged = sum(flags)
+        if agg.influence is not None:
+            record.influence = float(agg.influence.to(torch.float64)[malicious].sum())
+        new_params = global_params + self.server_lr * agg.update
+        if not bool(torch.isfinite(new_params).all()):
+            record.skipped = "aggregate is not finite"
+            return global_params, global_buffers, record
+        new_buffers = global_buffers
+        if buffers.shape[1]:
+            kept = torch.ones(len(keep), dtype=torch.bool)
+            if agg.flagged is not None and not bool(agg.flagged.all()):
+                kept = ~agg.flagged.cpu()
+            new_buffers = weighted_buffers(buffers[kept], weights[kept])
+        return new_params, new_buffers, record
+
+
+def check_rule_runs(defense: Defense, n: int, *, keys: str) -> None:
+    """Stop at start, with one line, if ``defense`` can never aggregate ``n`` updates.
+
+    Runs the pipeline once on ``n`` random 64-dimensional updates (with a root update and a
+    history for the rules that take them) and turns :class:`NotEnoughClients` into a
+    ``ValueError`` that names ``keys`` (e.g. ``clients_per_round=10``) beside the rule's own
+    requirement. ``defense`` should be a fresh pipeline: a rule that keeps state would keep the
+    trial's.
+    """
+    generator = torch.Generator().manual_seed(0)
+    updates = torch.randn(n, 64, generator=generator)
+    context = {"reference": torch.randn(64, generator=generator), "history": updates.clone()}
+    try:
+        defense(updates, torch.ones(n), generator=generator, **context)
+    except NotEnoughClients as exc:
+        raise ValueError(f"the defense cannot run with {keys}: {exc}") from None
