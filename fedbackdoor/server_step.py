@@ -14,10 +14,11 @@ Order of the step (the threat model the harness simulates):
 
 **Updates are parameter deltas** (:mod:`fedbackdoor.fl.arrays`); attacks and defenses never see
 buffers. **Buffers** (BatchNorm's running mean and variance, ``num_batches_tracked``) are set to
-the sample-weighted mean of the values reported by the clients the rule kept: every valid client
-for rules that flag nobody, the unflagged ones otherwise (all valid ones if the rule flagged
-everybody). Integer buffers are rounded. The boost of model replacement does not touch them.
-``server_lr`` does not apply to buffers: they are statistics, not a descent direction.
+the sample-weighted mean of the values reported by the clients the rule kept: those with a
+non-zero influence (Krum's selection, FLAME's admitted cluster, ...), else the unflagged ones,
+else every valid client. Integer buffers are rounded. The boost of model replacement does not
+touch them. ``server_lr`` does not apply to buffers: they are statistics, not a descent
+direction.
 
 **Malicious influence** of a round is the share of the aggregate's weight that came from
 malicious updates, ``Aggregate.influence[malicious].sum()`` (each rule defines its influence
@@ -234,11 +235,19 @@ class ServerStep:
             return global_params, global_buffers, record
         new_buffers = global_buffers
         if buffers.shape[1]:
-            kept = torch.ones(len(keep), dtype=torch.bool)
-            if agg.flagged is not None and not bool(agg.flagged.all()):
-                kept = ~agg.flagged.cpu()
-            new_buffers = weighted_buffers(buffers[kept], weights[kept])
+            new_buffers = weighted_buffers(*_kept(agg, buffers, weights))
         return new_params, new_buffers, record
+
+
+def _kept(agg: Aggregate, buffers: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """The buffers and weights of the clients the rule kept: those with a non-zero influence
+    (selection and filtering rules), else the unflagged ones, else everybody."""
+    kept = torch.ones(len(weights), dtype=torch.bool)
+    if agg.influence is not None and bool((agg.influence > 0).any()):
+        kept = (agg.influence > 0).cpu()
+    elif agg.flagged is not None and not bool(agg.flagged.all()):
+        kept = ~agg.flagged.cpu()
+    return buffers[kept], weights[kept]
 
 
 def check_rule_runs(defense: Defense, n: int, *, keys: str) -> None:

@@ -66,7 +66,9 @@ def run_study(
 
     started = time.perf_counter()
     grid = grids[args.scale]
-    parts = [list(grid)] if isinstance(grid[0], str) else [list(g) for g in grid]
+    parts: list[list[str]] = (
+        [[str(o) for o in grid]] if isinstance(grid[0], str) else [list(g) for g in grid]
+    )
     for i, part in enumerate(parts):
         folder = out if len(parts) == 1 else out / f"part{i}"
         overrides = [*part, *args.overrides, f"hydra.sweep.dir={folder.resolve()}"]

@@ -50,9 +50,9 @@ from fedbackdoor.experiment import (
     client_update,
 )
 from fedbackdoor.layout import Layout, trainable_names
-from fedbackdoor.server_step import weighted_buffers
 from fedbackdoor.sampling import choose_malicious, sample_round
 from fedbackdoor.seeding import make_generator
+from fedbackdoor.server_step import weighted_buffers
 
 
 def _worker_init() -> None:
@@ -139,7 +139,7 @@ def flower_rounds(cfg) -> tuple[list[float], float, dict[str, float]]:  # type: 
     simulation.init_ray = timed("ray.init", simulation.init_ray)
     simulation.run_server = timed("server", simulation.run_server)
     simulation.prepare_server = timed("prepare", simulation.prepare_server)
-    server_app.WarmUp.wait = timed("warm-up wait", server_app.WarmUp.wait)
+    server_app.WarmUp.wait = timed("warm-up wait", server_app.WarmUp.wait)  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         simulation.run_simulation(cfg, Path(tmp))

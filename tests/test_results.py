@@ -66,7 +66,7 @@ def run_config(*, fraction: float, seed: int, defense: str = "fedavg", num_round
     """A config shaped like the resolved run config (groups nested, Hydra's _target_s)."""
     rule: dict[str, object] = {"_target_": f"fedbackdoor.defenses.aggregators.{defense}"}
     defense_node: dict[str, object] = {"rule": rule, "pre": [], "post": []}
-    if defense == "krum":
+    if defense == "dnc":
         rule["f"] = 1
         defense_node["f"] = 1
     update = {"_target_": "fedbackdoor.attacks.updates.scale", "_partial_": True, "boost": 3.0}
@@ -132,7 +132,7 @@ SWEEP: dict[str, tuple[str, str, float, int, str, dict[str, list]]] = {
         "main_acc": [0.1, 0.55, 0.75, 0.85], "backdoor_acc": [0.0, 0.01, 0.02, 0.01],
         "n_clients": [0, 5, 5, 5], "n_malicious": [0, 0, 0, 0],
         "seconds": [0.5, 1.0, 1.0, 1.0]}),
-    "2": ("badnets", "krum", 0.1, 0, "complete", {
+    "2": ("badnets", "dnc", 0.1, 0, "complete", {
         "main_acc": [0.1, 0.5, 0.7, 0.78], "backdoor_acc": [0.0, 0.1, 0.2, 0.3],
         "n_clients": [0, 5, 5, 5], "n_malicious": [0, 1, 2, 0],
         "det_tp": [NAN, 1, 1, 0], "det_fp": [NAN, 0, 1, 1],
@@ -178,7 +178,7 @@ def test_gather_runs_makes_one_row_per_run_and_round(tmp_path: Path) -> None:
     assert by_run["attack.update"].tolist() == ["scaling", "none", "scaling", "scaling"]
     assert by_run["attack.fraction"].tolist() == [0.1, 0.0, 0.1, 0.1]
     assert by_run["seed"].tolist() == [0, 0, 0, 1]
-    assert by_run["defense.f"].fillna(-1).tolist() == [-1, -1, 1, -1]  # only krum has f
+    assert by_run["defense.f"].fillna(-1).tolist() == [-1, -1, 1, -1]  # only dnc has f
     assert table["attack.end_round"].isna().all()
     assert table.loc[table["run"] == "2", "det_tp"].tolist()[1:] == [1, 1, 0]
     assert table["main_acc"].tolist()[:4] == [0.1, 0.5, 0.7, 0.8]
@@ -268,18 +268,18 @@ def test_summarize_by_hand(tmp_path: Path) -> None:
     assert summary["final_main_acc"].tolist() == [0.8, 0.85, 0.78, 0.4]
     assert summary["final_backdoor_acc"].tolist() == [0.9, 0.01, 0.3, 0.3]
     assert summary["peak_backdoor_acc"].tolist() == [0.9, 0.02, 0.3, 0.3]
-    # run 1 (attack=none, fraction 0, same defense and seed) is run 0's baseline; krum (run 2)
+    # run 1 (attack=none, fraction 0, same defense and seed) is run 0's baseline; dnc (run 2)
     # and seed 1 (run 3) have none
     assert summary.loc["0", "main_acc_drop"] == pytest.approx(0.85 - 0.8)
     assert summary.loc["1", "main_acc_drop"] == 0.0
     assert summary[["main_acc_drop"]].loc[["2", "3"]].isna().all().all()
     assert summary["rounds_to_threshold"].fillna(-1).tolist() == [2, -1, -1, -1]
-    # krum flagged 1 of 1, 1 of 2, 0 of 0 attackers; 0 of 4, 1 of 3, 1 of 5 benign clients
+    # dnc flagged 1 of 1, 1 of 2, 0 of 0 attackers; 0 of 4, 1 of 3, 1 of 5 benign clients
     assert summary.loc["2", "det_tpr"] == pytest.approx(2 / 3)
     assert summary.loc["2", "det_fpr"] == pytest.approx(2 / 12)
     assert summary[["det_tpr", "det_fpr"]].loc[["0", "1", "3"]].isna().all().all()
     assert summary["seconds_per_round"].tolist() == [3.0, 1.0, 2.0, 1.5]  # round 0 left out
-    # krum's server step: 0.6 s of the 6 s of its rounds; the others did not log it
+    # dnc's server step: 0.6 s of the 6 s of its rounds; the others did not log it
     assert summary.loc["2", "aggregate_share"] == pytest.approx(0.1)
     assert summary["aggregate_share"].loc[["0", "1", "3"]].isna().all()
     assert summary["rounds"].tolist() == [3, 3, 3, 1]

@@ -83,9 +83,12 @@ class Aggregate:
     update : Tensor
         The aggregated update, shape ``[d]``.
     flagged : Tensor or None
-        Boolean mask of shape ``[n]``: ``True`` for clients the rule excluded or distrusted.
-        ``None`` for rules that flag nobody by design (mean, median, trimmed mean), which is
-        different from "flagged nobody this round" (an all-``False`` mask).
+        Boolean mask of shape ``[n]``: ``True`` for clients the rule *classified* as malicious
+        (rejected as outliers, distrusted); detection rates are scored on it. ``None`` for rules
+        that classify nobody by design: the coordinate-wise and averaging rules, and the
+        selection rules (Krum, Multi-Krum, Bulyan), whose "not selected" is no verdict on a
+        client (Krum leaves out ``n - 1`` clients every round); who they selected is in
+        ``influence``. ``None`` differs from "flagged nobody this round" (all ``False``).
     influence : Tensor or None
         Float64 ``[n]``: the share of the aggregate attributable to each client, entries
         ``>= 0`` summing to 1 -- or all 0 when the rule trusted nobody and returned a zero
@@ -404,12 +407,13 @@ def _gram_in_blocks(updates: Tensor, origin: Tensor) -> Tensor:
     """Gram matrix of the ``x_i - origin``: float32 products of column blocks (BLAS's fastest
     path, and no float64 copy of the updates), summed over the blocks in float64.
 
-    A huge finite row (values of ~1e19 and up, whose squares exceed float32's range, or a
-    difference to the origin that does) would make its products inf and its distances
-    ``inf - inf = nan``, which Krum and Bulyan could then select. Such rows are found by their
-    block norms (a row's products with the others are bounded by its norm times theirs) and
-    their entries computed once more in float64, where a float32 row's squares cannot
-    overflow; ordinary rounds take only the float32 path.
+    A huge finite row (a single value of ~2e19, or ~2e17 throughout a block of 8192 columns,
+    has squares beyond float32's range; so can its difference to the origin) would make its
+    products inf and its distances inf or ``inf - inf = nan``, which Krum and Bulyan could
+    then select. Such rows are found by their squared block norms (a row's products with the
+    others are bounded by its norm times theirs) and their entries computed once more in
+    float64, where a float32 row's squares cannot overflow; ordinary rounds take only the
+    float32 path.
     """
     n = updates.shape[0]
     gram = torch.zeros(n, n, dtype=torch.float64, device=updates.device)
@@ -471,7 +475,7 @@ def pairwise_squared_distances(updates: Tensor) -> Tensor:
     Centring at an update rather than at the coordinate-wise median saves sorting the
     ``[n, d]`` updates (0.6 s for ``n = 100``, ``d = 1.2M`` on two cores); float32 blocks
     halve the products' time, and unlike the direct form of ``torch.cdist`` (6 s there) it
-    runs on BLAS. Rows too large for float32 products (finite values of ~1e19 and up) are
+    runs on BLAS. Rows too large for float32 products (see :func:`_gram_in_blocks`) are
     multiplied in float64 instead, so a huge finite outlier gets a huge finite distance,
     never ``nan``.
 
@@ -559,8 +563,8 @@ def krum(
     Returns
     -------
     Aggregate
-        The mean of the selected updates; ``flagged`` marks the clients *not* selected;
-        ``influence`` as above.
+        The mean of the selected updates; ``flagged`` is ``None`` (selection is no verdict on
+        the others); ``influence`` as above (``1/m`` for each selected client).
 
     Raises
     ------
@@ -585,10 +589,10 @@ def krum(
     scores = krum_scores(updates, f=int(f))
     order = torch.sort(scores, stable=True).indices
     selected = order[:m]
-    flagged = torch.ones(n, dtype=torch.bool, device=updates.device)
-    flagged[selected] = False
+    chosen = torch.zeros(n, dtype=torch.bool, device=updates.device)
+    chosen[selected] = True
     return Aggregate(
-        update=updates[selected].mean(dim=0), flagged=flagged, influence=_selection_shares(~flagged)
+        update=updates[selected].mean(dim=0), flagged=None, influence=_selection_shares(chosen)
     )
 
 
@@ -691,8 +695,8 @@ def bulyan(
     Returns
     -------
     Aggregate
-        The aggregate; ``flagged`` marks the ``2f`` clients not selected in step 1;
-        ``influence`` as above.
+        The aggregate; ``flagged`` is ``None`` (the ``2f`` clients not selected in step 1 are
+        no verdict); ``influence`` as above (zero for those ``2f``).
 
     Raises
     ------
@@ -708,15 +712,13 @@ def bulyan(
         raise NotEnoughClients(f"bulyan needs n >= 4f + 3 = {4 * f + 3} clients, got n={n} (f={f})")
     f = int(f)
     selected = _bulyan_selection(pairwise_squared_distances(updates), f)
-    flagged = torch.ones(n, dtype=torch.bool, device=updates.device)
-    flagged[selected] = False
     theta = n - 2 * f
     beta = theta - 2 * f
     update, counts = _mean_around_median(updates.index_select(0, selected), kept=beta)
     d = updates.shape[1]
     influence = torch.zeros(n, dtype=torch.float64, device=updates.device)
     influence[selected] = counts.to(torch.float64) / (beta * d) if d > 0 else 1 / theta
-    return Aggregate(update=update, flagged=flagged, influence=influence)
+    return Aggregate(update=update, flagged=None, influence=influence)
 
 
 def geometric_median(

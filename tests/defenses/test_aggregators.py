@@ -134,13 +134,14 @@ def test_krum_by_hand() -> None:
     #   x=100: 94^2 + 97.5^2 = 9409 + 9506.25 -> 18915.25
     expected_scores = torch.tensor([7.25, 3.25, 2.5, 4.25, 18915.25], dtype=torch.float64)
     torch.testing.assert_close(krum_scores(updates, f=1), expected_scores)
-    # Krum picks x=2.5 ; Multi-Krum (m=3) picks 2.5, 1, 3 -> mean 6.5 / 3
+    # Krum picks x=2.5 ; Multi-Krum (m=3) picks 2.5, 1, 3 -> mean 6.5 / 3 ; the clients not
+    # selected get no influence (and no verdict: flagged is None)
     torch.testing.assert_close(single.update, torch.tensor([2.5]))
-    assert single.flagged is not None
-    assert single.flagged.tolist() == [True, True, False, True, True]
+    assert single.flagged is None and single.influence is not None
+    assert (single.influence == 0).tolist() == [True, True, False, True, True]
     torch.testing.assert_close(multi.update, torch.tensor([6.5 / 3]))
-    assert multi.flagged is not None
-    assert multi.flagged.tolist() == [True, False, False, False, True]
+    assert multi.flagged is None and multi.influence is not None
+    assert (multi.influence == 0).tolist() == [True, False, False, False, True]
 
 
 def test_krum_breaks_ties_by_lower_index() -> None:
@@ -154,8 +155,10 @@ def test_krum_breaks_ties_by_lower_index() -> None:
 
     # Assert: the tie 1/2 goes to index 1 ; the tie 0/3 for the third place goes to index 0
     torch.testing.assert_close(single.update, torch.tensor([1.0]))
-    assert multi.flagged is not None
-    assert multi.flagged.tolist() == [False, False, False, True, True]
+    assert single.flagged is None and single.influence is not None
+    assert (single.influence == 0).tolist() == [True, False, True, True, True]
+    assert multi.flagged is None and multi.influence is not None
+    assert (multi.influence == 0).tolist() == [False, False, False, True, True]
     torch.testing.assert_close(multi.update, torch.tensor([1.0]))  # (0 + 1 + 2) / 3
 
 
@@ -166,10 +169,11 @@ def test_multi_krum_with_m_equal_n_is_the_unweighted_mean() -> None:
     # Execute
     result = krum(updates, weights, f=1, m=6)
 
-    # Assert
+    # Assert: everybody selected, 1/6 each
     torch.testing.assert_close(result.update, updates.mean(dim=0))
-    assert result.flagged is not None
-    assert not result.flagged.any()
+    assert result.flagged is None and result.influence is not None
+    assert not (result.influence == 0).any()
+    torch.testing.assert_close(result.influence, torch.full((6,), 1 / 6, dtype=torch.float64))
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,6 +201,9 @@ def test_permutation_invariance(name: str, seed: int, n: int, d: int, data: st.D
     else:
         assert permuted.flagged is not None
         assert torch.equal(permuted.flagged, original.flagged[permutation])
+    if name in ("krum", "multi_krum"):  # who is selected (influence 1/m) follows the clients
+        assert original.influence is not None and permuted.influence is not None
+        assert torch.equal(permuted.influence, original.influence[permutation])
 
 
 @pytest.mark.parametrize("name", list(RULES))
@@ -257,8 +264,9 @@ def test_huge_outliers_do_not_move_robust_rules_beyond_the_benign_range(name: st
     low, high = benign.min(dim=0).values, benign.max(dim=0).values
     assert torch.all((robust.update >= low) & (robust.update <= high))
     assert torch.all(averaged.update > 1e5)
-    if robust.flagged is not None:
-        assert robust.flagged[0] and robust.flagged[-1]
+    if name in ("krum", "multi_krum"):  # the outliers are not selected: no influence
+        assert robust.flagged is None and robust.influence is not None
+        assert float(robust.influence[0]) == 0.0 and float(robust.influence[-1]) == 0.0
 
 
 # --------------------------------------------------------------------------------------------

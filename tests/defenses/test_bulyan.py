@@ -8,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from fedbackdoor.defenses.aggregators import NotEnoughClients, bulyan
+from fedbackdoor.defenses.aggregators import (
+    NotEnoughClients,
+    _bulyan_selection,
+    bulyan,
+    pairwise_squared_distances,
+)
 
 
 def _random_updates(seed: int, n: int, d: int) -> tuple[Tensor, Tensor]:
@@ -16,6 +21,20 @@ def _random_updates(seed: int, n: int, d: int) -> tuple[Tensor, Tensor]:
     updates = torch.randn(n, d, generator=generator)
     weights = torch.randint(1, 100, (n,), generator=generator).to(torch.float32)
     return updates, weights
+
+
+def _selection(updates: Tensor, f: int) -> list[int]:
+    """Bulyan's step 1, the ``n - 2f`` clients its recursive Krum selects (ascending).
+
+    ``bulyan`` reports no verdict (``flagged`` is ``None``) and its ``influence`` is 0 for the
+    ``2f`` clients left out, but also for a selected client none of whose values was averaged:
+    the selection itself is read from the helper ``bulyan`` calls.
+    """
+    return _bulyan_selection(pairwise_squared_distances(updates), f).tolist()
+
+
+def _f64(*values: float) -> Tensor:
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def _naive_bulyan(updates: Tensor, f: int) -> tuple[list[int], Tensor]:
@@ -69,10 +88,12 @@ def test_bulyan_by_hand() -> None:
     #   r=3, max(0, 1)=1:  0: 100  -10: 100  20: 400 -> tie 0/-10, sums: 0: 100+400=500,
     #                      -10: 100+900=1000 -> select 0
     # selected {0, 1, 2, 5, 8}: median 2, the 3 closest are 2, 1, 0 -> (2 + 1 + 0) / 3 = 1
-    # (weights unused)
+    # (weights unused) ; 20 and -10 (clients 1 and 5) left out: no influence, no verdict
     torch.testing.assert_close(result.update, torch.tensor([1.0]))
-    assert result.flagged is not None
-    assert result.flagged.tolist() == [False, True, False, False, False, True, False]
+    assert _selection(updates, 1) == [0, 2, 3, 4, 6]
+    assert result.flagged is None and result.influence is not None
+    assert float(result.influence[1]) == 0.0 and float(result.influence[5]) == 0.0
+    torch.testing.assert_close(result.influence, _f64(0, 0, 1 / 3, 0, 1 / 3, 0, 1 / 3))
 
 
 def test_bulyan_with_f_zero_is_the_unweighted_mean() -> None:
@@ -84,8 +105,10 @@ def test_bulyan_with_f_zero_is_the_unweighted_mean() -> None:
 
     # Assert: theta = n selected, beta = n kept in every coordinate
     torch.testing.assert_close(result.update, updates.mean(dim=0))
-    assert result.flagged is not None
-    assert not result.flagged.any()
+    assert _selection(updates, 0) == list(range(5))
+    assert result.flagged is None and result.influence is not None
+    assert not (result.influence == 0).any()
+    torch.testing.assert_close(result.influence, torch.full((5,), 0.2, dtype=torch.float64))
 
 
 def test_bulyan_keeps_the_values_closest_to_the_median_in_each_coordinate() -> None:
@@ -107,10 +130,13 @@ def test_bulyan_keeps_the_values_closest_to_the_median_in_each_coordinate() -> N
     result = bulyan(updates, torch.ones(7), f=1)
 
     # Assert: column 0: 0, .1, .2, .3, .4 -> median .2, keep .1 .2 .3 -> .2 ;
-    # column 1: .4, 0, .1, .2, .3 -> median .2, keep .1 .2 .3 -> .2
+    # column 1: .4, 0, .1, .2, .3 -> median .2, keep .1 .2 .3 -> .2 ; so rows 1-4 have 1, 2,
+    # 2, 1 of the 3 * 2 values averaged, row 0 none, the two far rows (left out) none
     torch.testing.assert_close(result.update, torch.tensor([0.2, 0.2]))
-    assert result.flagged is not None
-    assert result.flagged.tolist() == [False] * 5 + [True, True]
+    assert _selection(updates, 1) == [0, 1, 2, 3, 4]
+    assert result.flagged is None and result.influence is not None
+    assert (result.influence[5:] == 0).all()
+    torch.testing.assert_close(result.influence, _f64(0, 1 / 6, 1 / 3, 1 / 3, 1 / 6, 0, 0))
 
 
 @settings(max_examples=40, deadline=None)
@@ -129,9 +155,11 @@ def test_bulyan_matches_a_naive_loop(seed: int, f: int, extra: int, d: int) -> N
     result = bulyan(updates, weights, f=f)
     selected, update = _naive_bulyan(updates, f)
 
-    # Assert
-    assert result.flagged is not None
-    assert torch.nonzero(~result.flagged).flatten().tolist() == selected
+    # Assert: the same selection, and the clients left out have no influence
+    assert _selection(updates, f) == selected
+    assert result.flagged is None and result.influence is not None
+    left_out = [i for i in range(n) if i not in selected]
+    assert (result.influence[left_out] == 0).all()
     torch.testing.assert_close(result.update, update.float(), rtol=1e-5, atol=1e-6)
 
 
@@ -157,9 +185,14 @@ def test_bulyan_permutation_invariance(
 
     # Assert
     torch.testing.assert_close(permuted.update, original.update, rtol=1e-5, atol=1e-6)
-    assert original.flagged is not None and permuted.flagged is not None
-    assert torch.equal(permuted.flagged, original.flagged[permutation])
-    assert int(original.flagged.sum()) == 2 * f
+    assert original.flagged is None and permuted.flagged is None
+    assert original.influence is not None and permuted.influence is not None
+    assert torch.equal(permuted.influence, original.influence[permutation])
+    selected = _selection(updates, f)
+    assert sorted(int(permutation[i]) for i in _selection(updates[permutation], f)) == selected
+    left_out = [i for i in range(n) if i not in selected]
+    assert len(left_out) == 2 * f
+    assert (original.influence[left_out] == 0).all()
 
 
 @settings(max_examples=20, deadline=None)
@@ -193,8 +226,10 @@ def test_bulyan_ignores_f_huge_outliers(f: int) -> None:
     # Assert
     low, high = benign.min(dim=0).values, benign.max(dim=0).values
     assert torch.all((result.update >= low) & (result.update <= high))
-    assert result.flagged is not None
-    assert result.flagged[0] and result.flagged[n - f + 1 :].all()
+    attackers = [0, *range(n - f + 1, n)]  # not selected, so no influence (and no verdict)
+    assert not set(attackers) & set(_selection(updates, f))
+    assert result.flagged is None and result.influence is not None
+    assert (result.influence[attackers] == 0).all()
 
 
 @pytest.mark.parametrize(("f", "n"), [(f, n) for f in range(4) for n in range(4 * f + 3)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,7 @@ def test_user_settings_are_interpolated_into_the_nodes() -> None:
     torch.testing.assert_close(result.update, torch.tensor([0.15, 0.25]))
 
 
-def test_krum_config_flags_the_outlier() -> None:
+def test_krum_config_gives_the_outlier_no_influence() -> None:
     # Prepare
     cfg = _compose_defense("krum")
     updates = torch.tensor([[0.0], [1.0], [2.5], [3.0], [100.0]])
@@ -117,9 +118,9 @@ def test_krum_config_flags_the_outlier() -> None:
     # Execute
     result = build_defense(cfg)(updates, torch.ones(5), generator=torch.Generator())
 
-    # Assert
-    assert result.flagged is not None
-    assert result.flagged[-1]
+    # Assert: the outlier is not selected (no influence); selection is no verdict
+    assert result.flagged is None and result.influence is not None
+    assert float(result.influence[-1]) == 0.0
 
 
 def test_multikrum_config_averages_the_m_best_scored_updates() -> None:
@@ -132,13 +133,16 @@ def test_multikrum_config_averages_the_m_best_scored_updates() -> None:
 
     # Assert: scores 0: 1+6.25+9=16.25  1: 1+2.25+4=7.25  2.5: 0.25+2.25+6.25=8.75
     # 3: 0.25+4+6.25=10.5  100: 94.5^2+97^2+97.5^2=27845.5  5.5: 6.25+9+20.25=35.5
-    # -> all but 100 averaged: (0 + 1 + 2.5 + 3 + 5.5) / 5 = 12 / 5
-    assert result.flagged is not None
-    assert result.flagged.tolist() == [False, False, False, False, True, False]
+    # -> all but 100 averaged: (0 + 1 + 2.5 + 3 + 5.5) / 5 = 12 / 5, 1/5 each
+    assert result.flagged is None and result.influence is not None
+    assert (result.influence == 0).tolist() == [False, False, False, False, True, False]
+    torch.testing.assert_close(
+        result.influence, torch.tensor([0.2, 0.2, 0.2, 0.2, 0.0, 0.2], dtype=torch.float64)
+    )
     torch.testing.assert_close(result.update, torch.tensor([12.0 / 5]))
 
 
-def test_bulyan_config_flags_the_outliers() -> None:
+def test_bulyan_config_gives_the_outliers_no_influence() -> None:
     # Prepare: f = 1 by default, n = 7 = 4f + 3
     cfg = _compose_defense("bulyan")
     updates = torch.tensor([[5.0], [20.0], [0.0], [8.0], [1.0], [-10.0], [2.0]])
@@ -146,9 +150,14 @@ def test_bulyan_config_flags_the_outliers() -> None:
     # Execute
     result = build_defense(cfg)(updates, torch.ones(7), generator=torch.Generator())
 
-    # Assert: see test_bulyan_by_hand
-    assert result.flagged is not None
-    assert result.flagged.tolist() == [False, True, False, False, False, True, False]
+    # Assert: see test_bulyan_by_hand: 20 and -10 (clients 1 and 5) are left out, and of the
+    # 5 selected the 3 values closest to the median (2, 1, 0) averaged, 1/3 each
+    assert result.flagged is None and result.influence is not None
+    assert float(result.influence[1]) == 0.0 and float(result.influence[5]) == 0.0
+    torch.testing.assert_close(
+        result.influence,
+        torch.tensor([0, 0, 1 / 3, 0, 1 / 3, 0, 1 / 3], dtype=torch.float64),
+    )
     torch.testing.assert_close(result.update, torch.tensor([1.0]))
 
 
@@ -190,6 +199,12 @@ def test_adaptive_clip_config_clips_to_the_median_norm_then_averages() -> None:
         ("dnc", ("defense.c=0",), r"c=0"),
         ("dnc", ("defense.niters=0",), r"niters=0"),
         ("dnc", ("defense.b=0",), r"b=0"),
+        ("centered_clip", ("defense.start=mean",), r"start='mean'"),
+        ("flower_dp_fixed", ("defense.clipping_norm=0",), r"clipping_norm=0"),
+        ("flower_dp_fixed", ("clients_per_round=0",), r"num_sampled_clients=0"),
+        ("flower_dp_adaptive", ("defense.clip_norm_lr=0",), r"clip_norm_lr=0"),
+        ("flower_dp_adaptive", ("defense.noise_multiplier=0.7",), r"noise_multiplier=0\.7"),
+        ("flower_dp_adaptive", ("defense.target_clipped_quantile=2",), r"quantile=2"),
     ],
 )
 def test_new_config_settings_reach_the_functions(
@@ -201,6 +216,51 @@ def test_new_config_settings_reach_the_functions(
     # Execute / Assert
     with pytest.raises(ValueError, match=pattern):
         defense(torch.randn(7, 2), torch.ones(7), generator=torch.Generator())
+
+
+def test_centered_clip_config_starts_from_the_previous_rounds_aggregate() -> None:
+    # Prepare: the case of test_centered_clip's two rounds (tau = 1, one iteration)
+    defense = build_defense(_compose_defense("centered_clip"))
+    updates = torch.tensor([[1.0], [2.0], [4.0]])
+
+    # Execute: the defense keeps the rule's state from one call to the next
+    first = defense(updates, torch.ones(3), generator=torch.Generator())
+    second = defense(updates, torch.ones(3), generator=torch.Generator())
+
+    # Assert: 1 from zero, then 5/3 from 1
+    torch.testing.assert_close(first.update, torch.tensor([1.0]))
+    torch.testing.assert_close(second.update, torch.tensor([5.0 / 3]))
+
+
+def test_centered_clip_config_can_start_from_the_median() -> None:
+    # Prepare: the case of test_centered_clip_by_hand_from_the_median
+    overrides = ("defense.start=median", "defense.iters=2")
+    defense = build_defense(_compose_defense("centered_clip", overrides))
+    updates = torch.tensor([[0.0], [1.0], [2.0], [2.5], [10.0]])
+
+    # Execute
+    result = defense(updates, torch.ones(5), generator=torch.Generator())
+
+    # Assert
+    torch.testing.assert_close(result.update, torch.tensor([1.86]))
+
+
+def test_flower_dp_adaptive_config_moves_its_norm_across_rounds() -> None:
+    # Prepare: no noise; every update of norm 2 is clipped by the initial norm 0.1, so the
+    # clipped mean is 0.1 in the first round and grows by exp(0.2 * 0.5) per round after
+    cfg = _compose_defense(
+        "flower_dp_adaptive", ("defense.noise_multiplier=0", "defense.clipped_count_stddev=0")
+    )
+    defense = build_defense(cfg)
+    updates = torch.full((7, 1), 2.0)
+
+    # Execute
+    rounds = [defense(updates, torch.ones(7), generator=torch.Generator()) for _ in range(3)]
+
+    # Assert
+    for number, result in enumerate(rounds):
+        expected = 0.1 * math.exp(0.1 * number)
+        torch.testing.assert_close(result.update, torch.tensor([expected]))
 
 
 def test_rlr_config_skips_rounds_with_fewer_clients_than_theta() -> None:
@@ -337,10 +397,20 @@ def test_defense_runs_pre_then_rule_then_post() -> None:
     assert calls == ["pre", "rule", "post"]
 
 
+def _flag_far_from_the_median(
+    updates: Tensor, weights: Tensor, *, generator: torch.Generator | None = None
+) -> Aggregate:
+    """A rule that classifies: flags the updates farther than 5 from the median, averages the
+    others (as FLAME, DnC, FoolsGold and FLTrust flag; Krum and Bulyan select, flag nobody)."""
+    far = (updates - updates.median(dim=0).values).norm(dim=1) > 5
+    influence = (~far).to(torch.float64) / int((~far).sum())
+    return Aggregate(update=updates[~far].mean(dim=0), flagged=far, influence=influence)
+
+
 def test_defense_keeps_the_rules_flags_and_passes_the_generator() -> None:
     # Prepare
     defense = Defense(
-        rule=functools.partial(krum, f=1),
+        rule=_flag_far_from_the_median,
         pre=[functools.partial(clip_to_norm, max_norm=10.0)],
         post=[functools.partial(add_gaussian_noise, sigma=1.0)],
     )
@@ -350,11 +420,14 @@ def test_defense_keeps_the_rules_flags_and_passes_the_generator() -> None:
     first = defense(updates, torch.ones(5), generator=torch.Generator().manual_seed(3))
     second = defense(updates, torch.ones(5), generator=torch.Generator().manual_seed(3))
 
-    # Assert: 100 clipped to 10 is still the outlier ; 2.5 is selected, then noised
+    # Assert: 100 clipped to 10 is still the outlier (7.5 from the median 2.5) and flagged ;
+    # the others are averaged, (0 + 1 + 2.5 + 3) / 4, then noised
     assert first.flagged is not None
-    assert first.flagged.tolist() == [True, True, False, True, True]
+    assert first.flagged.tolist() == [False, False, False, False, True]
+    assert first.influence is not None
+    assert first.influence.tolist() == [0.25, 0.25, 0.25, 0.25, 0.0]
     assert torch.equal(first.update, second.update)
-    assert not torch.equal(first.update, torch.tensor([2.5]))
+    assert not torch.equal(first.update, torch.tensor([6.5 / 4]))
 
 
 def test_defense_propagates_not_enough_clients() -> None:

@@ -35,3 +35,30 @@ def test_the_shared_round_0_is_the_evaluation_of_the_run_own_initial_model() -> 
         torch.equal(world.model.state_dict()[k], v)
         for k, v in prepare_server(cfg).model.state_dict().items()
     )
+
+
+def test_edge_cases_are_taken_from_the_benign_clients_and_given_to_the_attackers() -> None:
+    # Prepare: every class-1 image counts as an edge case (brightness threshold 0)
+    from fedbackdoor.fl.server_app import assign_reserved
+    from fedbackdoor.sampling import choose_malicious
+    from fedbackdoor.seeding import make_generator
+
+    cfg = compose_config(
+        [*SMALL, "attack=edge_case", "attack.source_label=1", "attack.min_brightness=0.0",
+         "attack.fraction=0.5"]  # fmt: skip
+    )
+    world = prepare_server(cfg)
+    malicious = choose_malicious(4, 0.5, generator=make_generator(0, "malicious"))
+
+    # Execute
+    partitions = assign_reserved(cfg, world, malicious)
+
+    # Assert: benign clients hold no class-1 image; the attackers hold all of them; nothing is
+    # lost or duplicated
+    labels = world.data.y_train.numpy()
+    for client, indices in enumerate(partitions):
+        ones = int((labels[indices] == 1).sum())
+        assert (ones > 0) if client in malicious else (ones == 0)
+    everything = sorted(i for p in partitions for i in p.tolist())
+    assert everything == sorted(i for p in world.partitions for i in p.tolist())
+    assert sum(int((labels[p] == 1).sum()) for p in partitions) == int((labels == 1).sum())

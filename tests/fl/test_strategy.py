@@ -15,6 +15,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedbackdoor.attacks.updates import identity, scale
 from fedbackdoor.defenses.aggregators import krum, mean, median
+from fedbackdoor.defenses.detection import dnc
 from fedbackdoor.defenses.pipeline import Defense
 from fedbackdoor.fl.arrays import to_record, to_state_dict
 from fedbackdoor.fl.strategy import DefenseStrategy
@@ -160,26 +161,56 @@ def test_attack_scales_only_malicious_updates_before_the_defense() -> None:
     assert strategy.record is not None and strategy.record.n_malicious == 1
 
 
+# Four small benign updates and a far malicious one (client 4).
+FAR_LAST = [
+    [0.1, 0.0, 0.0],
+    [0.0, 0.1, 0.0],
+    [0.1, 0.1, 0.0],
+    [0.0, 0.0, 0.1],
+    [50.0, 50.0, 50.0],
+]
+
+
 def test_defense_flags_are_scored_against_the_malicious_ground_truth() -> None:
+    # Prepare: DnC classifies; it removes floor(c * f) = 2 of the 5 (one pass: b >= d), the
+    # far update (by far the largest projection on the top singular vector) and a benign one.
+    strategy = make_strategy(
+        Defense(rule=partial(dnc, f=1, c=2.0, niters=1)), malicious=frozenset({4}), num_clients=5
+    )
+    msgs = configure(strategy, nodes=[1, 2, 3, 4, 5])
+    replies = [reply(m, shifted(d)) for m, d in zip(msgs, FAR_LAST, strict=True)]
+
+    # Execute
+    strategy.aggregate_train(1, replies)
+
+    # Assert
+    record = strategy.record
+    assert record is not None and record.detection is not None and record.n_flagged == 2
+    assert (record.detection.tp, record.detection.fp) == (1, 1)
+    assert record.detection.tpr == 1.0 and record.detection.fpr == pytest.approx(0.25)
+    assert record.influence == 0.0
+
+
+def test_a_selection_rule_reports_no_detection_and_the_malicious_influence() -> None:
+    # Prepare: Multi-Krum (f = 1, 2 neighbours) selects 3 of the 5; it judges nobody
     strategy = make_strategy(
         Defense(rule=partial(krum, f=1, m=3)), malicious=frozenset({4}), num_clients=5
     )
     msgs = configure(strategy, nodes=[1, 2, 3, 4, 5])
-    deltas = [
-        [0.1, 0.0, 0.0],
-        [0.0, 0.1, 0.0],
-        [0.1, 0.1, 0.0],
-        [0.0, 0.0, 0.1],
-        [50.0, 50.0, 50.0],
-    ]
-    replies = [reply(m, shifted(d)) for m, d in zip(msgs, deltas, strict=True)]
+    replies = [reply(m, shifted(d)) for m, d in zip(msgs, FAR_LAST, strict=True)]
 
-    strategy.aggregate_train(1, replies)
+    # Execute
+    arrays, _ = strategy.aggregate_train(1, replies)
 
+    # Assert: scores (in 0.01) 0: 1+2=3, 1: 1+2=3, 2: 1+1=2, 3: 2+2=4, 4: huge -> clients 2, 0,
+    # 1 averaged: (0.2, 0.2, 0) / 3 ; the malicious client is not selected: influence 0
     record = strategy.record
-    assert record is not None and record.detection is not None
-    assert (record.detection.tp, record.detection.fp) == (1, 1)  # Multi-Krum keeps 3 of 5
-    assert record.detection.tpr == 1.0 and record.detection.fpr == pytest.approx(0.25)
+    assert record is not None
+    assert record.detection is None and record.n_flagged is None
+    assert record.influence == 0.0
+    assert arrays is not None
+    new = to_state_dict(arrays)
+    assert torch.allclose(new["w"], GLOBAL["w"] + 0.2 / 3) and torch.allclose(new["b"], GLOBAL["b"])
 
 
 def test_too_few_clients_for_the_rule_keeps_the_previous_model() -> None:
