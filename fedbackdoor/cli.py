@@ -16,15 +16,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
-from fedbackdoor.config import ConfigError, validate
-from fedbackdoor.results import read_run_status
-
-#: The Hydra config tree. Override with FEDBACKDOOR_CONF_DIR (e.g. a copy with your presets).
-CONF_DIR = Path(
-    os.environ.get("FEDBACKDOOR_CONF_DIR", Path(__file__).resolve().parents[1] / "conf")
-)
+from fedbackdoor.config import CONF_DIR, ConfigError, normalize_overrides, validate
+from fedbackdoor.run_files import is_complete
+from fedbackdoor.stopping import STOP
 
 USAGE = """usage: fedbackdoor run [HYDRA_OVERRIDES ...]   run one simulation (-m: a sweep)
        fedbackdoor run --help                    Hydra's help: config groups and options
@@ -40,46 +36,6 @@ examples:
   fedbackdoor run -m attack.fraction=0,0.1,0.2 defense=fedavg,clip,median seed=0,1
   fedbackdoor report outputs/sweeps/2026-01-01_12-00-00
 """
-
-
-#: Config groups nested in ``attack``: ``attack.<name>=<option>`` chooses one of their options.
-NESTED_GROUPS = ("attack.update", "attack.trigger")
-
-
-def normalize_overrides(overrides: list[str]) -> list[str]:
-    """Let ``attack.update=<name>`` (and ``attack.trigger=<name>``) choose a group option.
-
-    Written with a dot, Hydra would store the name as a string in place of the option's node;
-    ``attack/update=<name>`` is Hydra's spelling for choosing it. Values given as a dict or
-    list, and keys below it (``attack.update.apply=...``), pass unchanged.
-    """
-    out = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        bare = key.lstrip("+")
-        if sep and bare in NESTED_GROUPS and not value.startswith(("{", "[")):
-            item = f"{key[: len(key) - len(bare)]}{bare.replace('.', '/')}={value}"
-        out.append(item)
-    return out
-
-
-def compose_run(overrides: list[str] | None = None) -> tuple[DictConfig, dict[str, object]]:
-    """The run config from ``conf/`` and Hydra overrides, without starting a Hydra job, and
-    the run's ``meta`` for ``run.json``: the group ``choices`` and the ``overrides``."""
-    from hydra import compose, initialize_config_dir
-
-    overrides = normalize_overrides(list(overrides or []))
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra/")}
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg, {"choices": dict(choices), "overrides": overrides}
-
-
-def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    """The run config from ``conf/`` and Hydra overrides, without starting a Hydra job."""
-    return compose_run(overrides)[0]
 
 
 def _run_job(cfg: DictConfig) -> None:
@@ -115,6 +71,8 @@ def _run_job(cfg: DictConfig) -> None:
     except FileNotFoundError as exc:  # a dataset that is nowhere: say where we looked
         print(f"fedbackdoor: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    finally:
+        _draw(run_dir)
     if not sweep:
         print(run_dir.resolve(), flush=True)
 
@@ -127,21 +85,19 @@ class SweepDirCallback(Callback):
         _sweep_dirs.append(Path(str(config.hydra.sweep.dir)).resolve())
 
 
-def is_complete(run_dir: Path, cfg: DictConfig) -> bool:
-    """Whether ``run_dir`` holds a finished run of exactly ``cfg`` (a restarted sweep skips it;
-    a half-finished one is run again from the start)."""
-    status = read_run_status(run_dir)
-    saved = run_dir / "config.yaml"
-    if status is None or status.get("status") != "complete" or not saved.exists():
-        return False
-    # Compared as data, not text: the same settings in another key order are the same run.
-    return OmegaConf.to_container(OmegaConf.load(saved)) == OmegaConf.to_container(
-        cfg, resolve=True
-    )
-
-
 _sweep_dirs: list[Path] = []
 _pending: list[tuple[Any, Any]] = []  # (Engine, job) of runs queued with parallel_runs > 1
+
+
+def _draw(run_dir: Path) -> None:
+    """The run's figure (``accuracy.png``), if it logged a round; never fails the run."""
+    from fedbackdoor.plots import plot_run_dir  # matplotlib only where figures are drawn
+
+    try:
+        if (run_dir / "metrics.csv").exists():
+            plot_run_dir(run_dir)
+    except Exception as exc:  # noqa: BLE001 (a figure must not cost the results)
+        print(f"fedbackdoor: could not draw {run_dir / 'accuracy.png'}: {exc}", file=sys.stderr)
 
 
 def _wait_pending() -> None:
@@ -154,6 +110,8 @@ def _wait_pending() -> None:
         except Exception as exc:  # one failed run must not hide the others' results
             failed += 1
             print(f"fedbackdoor: run {job.run_dir} failed: {exc!r}", file=sys.stderr)
+        finally:
+            _draw(job.run_dir)
     if failed:
         raise SystemExit(1)
 
@@ -173,7 +131,7 @@ def _close_engine(wait: bool) -> None:
 def _interrupted() -> None:
     """Ctrl-C: stop now, not after the run in progress (which could take minutes).
 
-    Runs in progress are told to stop (:data:`fedbackdoor.fl.server_app.STOP`: their
+    Runs in progress are told to stop (:data:`fedbackdoor.stopping.STOP`: their
     ``run.json`` stays "running" and a restarted sweep redoes them; finished runs and the rows
     already written stay) and the process exits with 130 at once, without waiting for Flower's
     threads. Not ``ray.shutdown()``: Flower's threads would then touch a stopped Ray client,
@@ -186,10 +144,7 @@ def _interrupted() -> None:
         file=sys.stderr,
         flush=True,
     )
-    if "fedbackdoor.fl.server_app" in sys.modules:
-        from fedbackdoor.fl.server_app import STOP
-
-        STOP.set()
+    STOP.set()
     _stop_local_ray()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -1,4 +1,5 @@
-"""Checks of a composed run config that Hydra's schema cannot express.
+"""A run's config: composing it from ``conf/`` and Hydra overrides, and the checks of a
+composed config that Hydra's schema cannot express.
 
 Every check names the offending key and value, so a bad sweep point fails at once with one
 line instead of deep inside a Ray actor.
@@ -6,9 +7,56 @@ line instead of deep inside a Ray actor.
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
 
 from fedbackdoor.sampling import AttackSchedule, malicious_count
+
+#: The Hydra config tree. Override with FEDBACKDOOR_CONF_DIR (e.g. a copy with your presets).
+CONF_DIR = Path(
+    os.environ.get("FEDBACKDOOR_CONF_DIR", Path(__file__).resolve().parents[1] / "conf")
+)
+
+#: Config groups nested in ``attack``: ``attack.<name>=<option>`` chooses one of their options.
+NESTED_GROUPS = ("attack.update", "attack.trigger")
+
+
+def normalize_overrides(overrides: list[str]) -> list[str]:
+    """Let ``attack.update=<name>`` (and ``attack.trigger=<name>``) choose a group option.
+
+    Written with a dot, Hydra would store the name as a string in place of the option's node;
+    ``attack/update=<name>`` is Hydra's spelling for choosing it. Values given as a dict or
+    list, and keys below it (``attack.update.apply=...``), pass unchanged.
+    """
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        bare = key.lstrip("+")
+        if sep and bare in NESTED_GROUPS and not value.startswith(("{", "[")):
+            item = f"{key[: len(key) - len(bare)]}{bare.replace('.', '/')}={value}"
+        out.append(item)
+    return out
+
+
+def compose_run(overrides: list[str] | None = None) -> tuple[DictConfig, dict[str, object]]:
+    """The run config from ``conf/`` and Hydra overrides, without starting a Hydra job, and
+    the run's ``meta`` for ``run.json``: the group ``choices`` and the ``overrides``."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = normalize_overrides(list(overrides or []))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra/")}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, {"choices": dict(choices), "overrides": overrides}
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The run config from ``conf/`` and Hydra overrides, without starting a Hydra job."""
+    return compose_run(overrides)[0]
 
 
 class ConfigError(ValueError):

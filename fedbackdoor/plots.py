@@ -12,29 +12,25 @@ other swept setting get lines of their own, labelled with it, so nothing is aver
 
 from __future__ import annotations
 
-import logging
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal
 
 import matplotlib
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-# Saving a PDF subsets its fonts with fontTools, which logs every table it prunes at INFO.
-logging.getLogger("fontTools").setLevel(logging.WARNING)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from fedbackdoor.curves import resistance_point  # noqa: E402
-from fedbackdoor.results import atomic_path, identity_columns, is_attack_column  # noqa: E402
+from fedbackdoor.curves import resistance_point
+from fedbackdoor.results import identity_columns, is_attack_column
+from fedbackdoor.run_files import atomic_path, load_metrics
 
 #: Width of one column of a two-column paper, inches.
 COLUMN_WIDTH = 3.5
@@ -59,7 +55,7 @@ _STYLE: dict[str, Any] = {
 
 
 def _paper_style() -> AbstractContextManager[None]:
-    return plt.rc_context(_STYLE)  # type: ignore[arg-type]  # (stubs want literal keys)
+    return matplotlib.rc_context(_STYLE)  # type: ignore[arg-type]  # (stubs want literal keys)
 
 
 _NAMES = {
@@ -74,7 +70,8 @@ _NAMES = {
 def plot_run(metrics: pd.DataFrame, out: str | Path, *, title: str | None = None) -> Path:
     """Main and backdoor accuracy per round of one run, saved as a PNG at ``out``."""
     out = Path(out)
-    fig, ax = plt.subplots(figsize=(5.0, 3.2), dpi=150)
+    fig = Figure(figsize=(5.0, 3.2), dpi=150)
+    ax = fig.subplots()
     ax.plot(metrics["round"], metrics["main_acc"], marker="o", ms=3, label="main accuracy")
     ax.plot(metrics["round"], metrics["backdoor_acc"], marker="s", ms=3, label="backdoor accuracy")
     ax.set_xlabel("round")
@@ -88,7 +85,6 @@ def plot_run(metrics: pd.DataFrame, out: str | Path, *, title: str | None = None
         ax.set_title(textwrap.fill(title, 70), fontsize=8)
     fig.tight_layout()
     fig.savefig(out)
-    plt.close(fig)
     return out
 
 
@@ -106,12 +102,9 @@ def _save(fig: Figure, out: str | Path) -> list[Path]:
     """``<out>.png`` and ``<out>.pdf``, each written atomically."""
     paths = _paths(out)
     paths[0].parent.mkdir(parents=True, exist_ok=True)
-    try:
-        for path in paths:
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, format=path.suffix[1:])
-    finally:
-        plt.close(fig)
+    for path in paths:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:])
     return list(paths)
 
 
@@ -231,15 +224,12 @@ def plot_rounds(
     keys = varying or keys[:1]
     groups = _groups(rounds, keys)
     many = len(groups) > 6  # legend beside the panels, two-column width
-    colours = plt.get_cmap("tab20") if len(groups) > 10 else None
+    colours = matplotlib.colormaps["tab20"] if len(groups) > 10 else None
     with _paper_style():
-        fig, grid = plt.subplots(
-            len(metrics),
-            1,
-            sharex=True,
-            squeeze=False,
-            figsize=(2 * COLUMN_WIDTH if many else COLUMN_WIDTH, 0.5 + 1.45 * len(metrics)),
+        fig = Figure(
+            figsize=(2 * COLUMN_WIDTH if many else COLUMN_WIDTH, 0.5 + 1.45 * len(metrics))
         )
+        grid = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)
         axes = list(grid[:, 0])
         for i, (values, group) in enumerate(groups):
             label = _label(keys, values, keys[0] if len(keys) == 1 else by)
@@ -297,7 +287,8 @@ def plot_poisoning_curve(
     attacked = pd.concat(curves)
     keys = _series_keys(attacked, by, skip=[x])
     with _paper_style():
-        fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.5))
+        fig = Figure(figsize=(COLUMN_WIDTH, 2.5))
+        ax = fig.subplots()
         handles: list[Any] = []
         marked = False
         for i, (values, group) in enumerate(_groups(attacked, keys)):
@@ -387,8 +378,9 @@ def plot_heatmap(
 
     width = COLUMN_WIDTH if len(col_labels) <= 5 else 7.0  # wider: a two-column figure
     with _paper_style():
-        fig, ax = plt.subplots(figsize=(width, 0.9 + 0.36 * len(row_labels)))
-        cmap = plt.get_cmap("Reds").with_extremes(bad="0.9")  # grey: no run
+        fig = Figure(figsize=(width, 0.9 + 0.36 * len(row_labels)))
+        ax = fig.subplots()
+        cmap = matplotlib.colormaps["Reds"].with_extremes(bad="0.9")  # grey: no run
         image = ax.imshow(np.ma.masked_invalid(backdoor), cmap=cmap, vmin=0, vmax=1, aspect="auto")
         for (i, j), b in np.ndenumerate(backdoor):
             if math.isnan(b):
@@ -455,13 +447,8 @@ def plot_durability(
     keys = _series_keys(table, by, skip=["attack.start_round", "attack.end_round"])
     colours = {values: f"C{i % 10}" for i, (values, _) in enumerate(_groups(table, keys))}
     with _paper_style():
-        fig, grid = plt.subplots(
-            len(windows),
-            1,
-            sharex=True,
-            squeeze=False,
-            figsize=(COLUMN_WIDTH, 0.6 + 1.45 * len(windows)),
-        )
+        fig = Figure(figsize=(COLUMN_WIDTH, 0.6 + 1.45 * len(windows)))
+        grid = fig.subplots(len(windows), 1, sharex=True, squeeze=False)
         axes = list(grid[:, 0])
         for ax, (first, last) in zip(axes, windows, strict=True):
             runs = window.index[[w == (first, last) for w in window]]
@@ -483,3 +470,36 @@ def plot_durability(
         _legend_above(axes[0], handles)
         fig.tight_layout()
         return _save(fig, out)
+
+
+def describe(cfg: Mapping[str, Any]) -> str:
+    """A one-line summary of a run for figure titles, from its resolved config (a mapping, as
+    read from its ``config.yaml``)."""
+
+    def name(node: Mapping[str, Any]) -> str:
+        return str(node["_target_"]).rsplit(".", 1)[-1]
+
+    defense, attack_cfg = cfg["defense"], cfg["attack"]
+    steps = [name(t) for t in defense.get("pre") or []]
+    steps += [name(defense["rule"])] + [name(t) for t in defense.get("post") or []]
+    attack = "no attack"
+    if attack_cfg["fraction"] > 0:
+        attack = f"{attack_cfg['fraction']:.0%} malicious, boost {attack_cfg.get('boost', 1)}"
+        update = attack_cfg.get("update") or {}
+        if update.get("train") is not None:
+            attack += f", trained with {name(update['train'])}"
+        if update.get("apply") is not None:
+            attack += f", update {name(update['apply'])}"
+    dataset = cfg["dataset"].get("name", "data")
+    return f"{dataset}, {cfg['num_clients']} clients: {attack}; defense {'+'.join(steps)}"
+
+
+def plot_run_dir(run_dir: str | Path) -> Path | None:
+    """``accuracy.png`` of a run folder, from its ``metrics.csv`` and ``config.yaml`` (titled by
+    :func:`describe`); ``None`` if the run has no row yet."""
+    run_dir = Path(run_dir)
+    metrics = load_metrics(run_dir)
+    if not len(metrics):
+        return None
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return plot_run(metrics, run_dir / "accuracy.png", title=describe(config))

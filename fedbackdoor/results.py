@@ -1,8 +1,4 @@
-"""Per-round rows on disk, and loading them back as tidy tables.
-
-A run writes ``metrics.csv`` one row per round as soon as the round is evaluated (flushed), so
-a run that dies keeps every round it finished. Results are plain CSV plus the resolved config,
-never pickles.
+"""Many runs' files (:mod:`fedbackdoor.run_files`) loaded back as tidy tables.
 
 Many runs (a Hydra sweep, or any folder of runs) load back as one tidy table, one row per run
 and round (:func:`gather_runs`), and as one row per run (:func:`summarize`).
@@ -10,117 +6,25 @@ and round (:func:`gather_runs`), and as one row per run (:func:`summarize`).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import numbers
-import os
-import uuid
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
 
-#: Columns of ``metrics.csv``, in order. Accuracies are fractions in [0, 1].
-COLUMNS: tuple[str, ...] = (
-    "round",
-    "main_acc",
-    "main_loss",
-    "backdoor_acc",
-    "n_clients",
-    "n_malicious",
-    "n_rejected",
-    "n_flagged",
-    "det_tp",
-    "det_fp",
-    "det_tpr",
-    "det_fpr",
-    "mal_influence",
-    "skipped",
-    "diverged",
-    "seconds",
-    "aggregate_seconds",
+from fedbackdoor.run_files import (
+    COLUMNS,
+    detection_totals,
+    ratio,
+    read_run_status,
 )
-
-#: The columns that measure time: everything else is reproducible from the config and seed.
-TIMING_COLUMNS: tuple[str, ...] = ("seconds", "aggregate_seconds")
-
-
-def _cell(value: object) -> object:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value)
-    return "" if value is None else value
-
-
-class MetricsWriter:
-    """Appends one row per round to a CSV file, flushing after each row."""
-
-    def __init__(self, path: str | Path, extra_columns: Sequence[str] = ()) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Extra columns (e.g. DBA's backdoor_acc_part<i>) go after backdoor_acc.
-        at = COLUMNS.index("backdoor_acc") + 1
-        extra = tuple(c for c in extra_columns if c not in COLUMNS)
-        self.columns: tuple[str, ...] = COLUMNS[:at] + extra + COLUMNS[at:]
-        self._file: IO[str] = self.path.open("w", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
-        self._writer.writeheader()
-        self._file.flush()
-
-    def write(self, row: Mapping[str, object]) -> None:
-        unknown = set(row) - set(self.columns)
-        if unknown:
-            raise KeyError(f"unknown metrics columns {sorted(unknown)}")
-        self._writer.writerow({k: _cell(row.get(k)) for k in self.columns})
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def load_metrics(path: str | Path) -> pd.DataFrame:
-    """A run's ``metrics.csv`` (or the run directory holding it) as a DataFrame."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "metrics.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"no metrics file at {path}")
-    return pd.read_csv(path)
-
-
-#: A run directory's status file: ``{"status": "running" | "complete", "choices": {group:
-#: option}, "overrides": [...], "num_rounds": int, "seconds": float (when complete)}``.
-RUN_FILE = "run.json"
-
-
-def write_run_status(run_dir: str | Path, **fields: object) -> Path:
-    """Write (or update) ``run_dir/run.json`` atomically: a reader sees the old or the new file,
-    never half of one. Fields given here replace those already in the file."""
-    path = Path(run_dir) / RUN_FILE
-    current: dict[str, object] = {}
-    if path.exists():
-        current = json.loads(path.read_text())
-    current.update(fields)
-    tmp = path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def read_run_status(run_dir: str | Path) -> dict[str, object] | None:
-    """``run_dir/run.json`` as a dict, or ``None`` if it is missing or unreadable."""
-    path = Path(run_dir) / RUN_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
 
 # --- many runs -> one tidy table ---------------------------------------------------------------
 
@@ -159,31 +63,6 @@ SUMMARY_METRICS: tuple[str, ...] = (
 
 class SkippedRunWarning(UserWarning):
     """A run folder that could not be read (its message names the folder and why)."""
-
-
-def atomic_path(path: str | Path) -> _AtomicPath:
-    """A temporary path in ``path``'s folder that replaces ``path`` when the block succeeds.
-
-    ``with atomic_path(out) as tmp: frame.to_csv(tmp)``: readers see the old file or the whole
-    new one, never half of it (``os.replace`` within one folder is atomic); on an error the
-    temporary file is removed and ``path`` is left as it was.
-    """
-    return _AtomicPath(Path(path))
-
-
-class _AtomicPath:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-    def __enter__(self) -> Path:
-        return self.tmp
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
 
 
 def _natural_key(path: Path) -> tuple[tuple[int, int, str], ...]:
@@ -405,39 +284,11 @@ def _key(row: Mapping[str, Any], names: list[str]) -> tuple[object, ...]:
     return tuple(None if pd.isna(row[n]) else row[n] for n in names)
 
 
-def _ratio(numerator: pd.Series, denominator: pd.Series) -> float:
-    den = float(denominator.sum())
-    return float(numerator.sum()) / den if den > 0 else math.nan
-
-
-def detection_totals(metrics: pd.DataFrame) -> dict[str, float]:
-    """A run's detection over all its rounds: ``det_tp``, ``det_fp``, ``malicious`` and
-    ``benign`` (clients sampled, over the rounds whose detection columns are filled),
-    ``det_tpr`` = tp / malicious and ``det_fpr`` = fp / benign. All NaN when the defense
-    flags nobody by design (no round has detection columns)."""
-    trained = metrics[metrics["round"] >= 1]
-    scored = trained[trained["det_tp"].notna()] if "det_tp" in trained else trained.iloc[:0]
-    if not len(scored):
-        return dict.fromkeys(
-            ("det_tp", "det_fp", "malicious", "benign", "det_tpr", "det_fpr"), math.nan
-        )
-    malicious = scored["n_malicious"]
-    benign = scored["n_clients"] - scored["n_malicious"]
-    return {
-        "det_tp": float(scored["det_tp"].sum()),
-        "det_fp": float(scored["det_fp"].sum()),
-        "malicious": float(malicious.sum()),
-        "benign": float(benign.sum()),
-        "det_tpr": _ratio(scored["det_tp"], malicious),
-        "det_fpr": _ratio(scored["det_fp"], benign),
-    }
-
-
 def _aggregate_share(trained: pd.DataFrame) -> float:
     if "aggregate_seconds" not in trained:
         return math.nan
     timed = trained[trained["aggregate_seconds"].notna()]
-    return _ratio(timed["aggregate_seconds"], timed["seconds"]) if len(timed) else math.nan
+    return ratio(timed["aggregate_seconds"], timed["seconds"]) if len(timed) else math.nan
 
 
 def _mean_influence(trained: pd.DataFrame) -> float:

@@ -34,7 +34,7 @@ from flwr.serverapp.strategy import Bulyan, FedMedian, FedTrimmedAvg, Krum, Mult
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedbackdoor.attacks.updates import identity
-from fedbackdoor.cli import CONF_DIR, compose_config
+from fedbackdoor.config import CONF_DIR, compose_config
 from fedbackdoor.defenses.pipeline import Defense, build_defense
 from fedbackdoor.fl.arrays import to_record
 from fedbackdoor.fl.strategy import DefenseStrategy

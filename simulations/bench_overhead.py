@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from fedbackdoor.cli import compose_config
+from fedbackdoor.config import compose_config
 from fedbackdoor.experiment import (
     ClientSpec,
     build_data,
@@ -121,7 +121,7 @@ def flower_rounds(cfg) -> tuple[list[float], float, dict[str, float]]:  # type: 
     """Seconds of each round through Flower, the wall time of the whole call, and when its
     phases ended (seconds since the call)."""
     from fedbackdoor.fl import server_app, simulation  # imports flwr, Ray, the apps
-    from fedbackdoor.results import load_metrics
+    from fedbackdoor.run_files import load_metrics
 
     marks: dict[str, float] = {}
     start = time.perf_counter()

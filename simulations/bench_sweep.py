@@ -33,8 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedbackdoor.cli import compose_config
-from fedbackdoor.results import load_metrics
+from fedbackdoor.config import compose_config
+from fedbackdoor.run_files import load_metrics
 
 
 def _rounds_seconds(run_dir: Path) -> float:

@@ -238,7 +238,7 @@ def exact_checks() -> list[Check]:
     import torch  # noqa: PLC0415 (the script's --help stays fast)
     from omegaconf import OmegaConf  # noqa: PLC0415
 
-    from fedbackdoor.cli import compose_config  # noqa: PLC0415
+    from fedbackdoor.config import compose_config  # noqa: PLC0415
     from fedbackdoor.defenses.pipeline import build_defense  # noqa: PLC0415
     from fedbackdoor.experiment import (  # noqa: PLC0415
         ClientSpec,
@@ -309,10 +309,12 @@ def exact_checks() -> list[Check]:
 
 def run_effect(effect: Effect, out: Path) -> tuple[list[Check], float]:
     """Run (or resume) an effect's runs on one shared engine; its checks and wall seconds."""
-    from fedbackdoor.cli import compose_config, is_complete  # noqa: PLC0415
-    from fedbackdoor.config import validate  # noqa: PLC0415
+    from fedbackdoor.config import (
+        compose_config,  # noqa: PLC0415
+        validate,  # noqa: PLC0415
+    )
     from fedbackdoor.fl.simulation import Engine  # noqa: PLC0415
-    from fedbackdoor.results import load_metrics  # noqa: PLC0415
+    from fedbackdoor.run_files import is_complete, load_metrics  # noqa: PLC0415
 
     started = time.perf_counter()
     configs = {label: compose_config(overrides) for label, overrides in effect.runs.items()}

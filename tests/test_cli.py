@@ -206,8 +206,8 @@ def _complete(run_dir: Path) -> bool:
 def test_is_complete_compares_settings_not_text(tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
-    from fedbackdoor.cli import compose_config, is_complete
-    from fedbackdoor.results import write_run_status
+    from fedbackdoor.config import compose_config
+    from fedbackdoor.run_files import is_complete, write_run_status
 
     cfg = compose_config(TINY)
     data = OmegaConf.to_container(cfg, resolve=True)

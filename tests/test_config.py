@@ -9,8 +9,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from fedbackdoor.cli import compose_config
-from fedbackdoor.config import ConfigError, validate
+from fedbackdoor.config import ConfigError, compose_config, validate
 
 
 def test_default_config_composes_and_is_valid() -> None:

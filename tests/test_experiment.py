@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fedbackdoor.cli import compose_config
+from fedbackdoor.config import compose_config
 from fedbackdoor.experiment import (
     ClientSpec,
     build_data,

@@ -10,16 +10,18 @@ import yaml
 
 from fedbackdoor.plots import plot_run
 from fedbackdoor.results import (
-    COLUMNS,
     SUMMARY_METRICS,
-    MetricsWriter,
     SkippedRunWarning,
-    atomic_path,
-    detection_totals,
     find_runs,
     gather_runs,
-    load_metrics,
     summarize,
+)
+from fedbackdoor.run_files import (
+    COLUMNS,
+    MetricsWriter,
+    atomic_path,
+    detection_totals,
+    load_metrics,
 )
 
 

@@ -119,6 +119,11 @@ def run_local_federation(
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "FLWR_HOME": str(home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        # Ray's announced default (leave CUDA_VISIBLE_DEVICES alone for clients with
+        # num_gpus=0): Flower's Ray then skips its FutureWarning.
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": os.environ.get(
+            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0"
+        ),
     }
     overrides = list(overrides)
     if supernodes is not None:
@@ -174,7 +179,7 @@ def run_local_federation(
 
 
 def _num_clients(overrides: Sequence[str]) -> int:
-    from fedbackdoor.cli import compose_config
+    from fedbackdoor.config import compose_config
 
     return int(compose_config(list(overrides)).num_clients)
 

@@ -36,9 +36,9 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation as flwr_run_simulation
 from omegaconf import DictConfig
 
-from fedbackdoor.config import validate
 from fedbackdoor.fl.client_app import app as client_app
-from fedbackdoor.fl.server_app import ServerWorld, prepare_server, run_server
+from fedbackdoor.fl.server_app import run_server
+from fedbackdoor.server import ServerWorld, prepare_server
 
 
 class _DropDeprecation(logging.Filter):
@@ -65,6 +65,9 @@ def init_ray(cfg: DictConfig) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray's announced default (leave CUDA_VISIBLE_DEVICES alone for clients with num_gpus=0):
+    # set before Ray starts, so that it skips its FutureWarning.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     address = cfg.backend.get("address")
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
@@ -195,7 +198,7 @@ class Engine:
         world: ServerWorld | None = None,
     ) -> Path:
         """Run one experiment on this engine; return its ``metrics.csv``. ``world``: the
-        server's side of it if already built (:func:`~fedbackdoor.fl.server_app.prepare_server`).
+        server's side of it if already built (:func:`~fedbackdoor.server.prepare_server`).
         """
         return self.wait(self.submit(cfg, run_dir, meta, world))
 
@@ -210,7 +213,6 @@ class Engine:
         """Queue one experiment without waiting for it (see :meth:`wait`)."""
         if engine_key(cfg) != self.key:
             raise ValueError(f"engine built for {self.key}, run needs {engine_key(cfg)}")
-        validate(cfg)
         job = _Job(cfg, run_dir, dict(meta or {}), world, label)
         self._jobs.put(job)
         return job
@@ -245,6 +247,8 @@ class Engine:
 
 
 _shared: Engine | None = None
+#: Whether the exit hook that closes the shared engine is registered (once, on first use).
+_atexit_registered: list[bool] = []
 
 
 def shared_engine(cfg: DictConfig) -> Engine:
@@ -254,6 +258,9 @@ def shared_engine(cfg: DictConfig) -> Engine:
         close_shared_engine()
     if _shared is None:
         _shared = Engine(cfg)
+        if not _atexit_registered:
+            atexit.register(close_shared_engine, wait=False)
+            _atexit_registered.append(True)
     return _shared
 
 
@@ -266,8 +273,6 @@ def close_shared_engine(wait: bool = True) -> None:
         engine.close(wait=wait)
 
 
-atexit.register(close_shared_engine, wait=False)
-
 
 def run_simulation(
     cfg: DictConfig, run_dir: Path, meta: Mapping[str, object] | None = None
@@ -277,8 +282,9 @@ def run_simulation(
 
     The server's own preparation (data, model, partitions, the initial model's evaluation) runs
     in a thread while Ray starts: ``ray.init`` mostly waits for Ray's processes to come up.
+    ``cfg`` must be valid (:func:`fedbackdoor.config.validate`: the command line checks it
+    before Ray starts).
     """
-    validate(cfg)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-server") as pool:
         world = pool.submit(prepare_server, cfg)
         engine = Engine(cfg)

@@ -16,8 +16,7 @@ from torch import nn
 
 from fedbackdoor.attacks.constraints import LocalConstraint
 from fedbackdoor.attacks.triggers import Trigger
-from fedbackdoor.cli import compose_config, compose_run, normalize_overrides
-from fedbackdoor.config import validate
+from fedbackdoor.config import compose_config, compose_run, normalize_overrides, validate
 from fedbackdoor.data.partition import reassign_to_attackers
 from fedbackdoor.experiment import build_local_attack, build_update_attack
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fedbackdoor.cli import compose_config
+from fedbackdoor.config import compose_config
 from fedbackdoor.fl.local_federation import run_local_federation
 from fedbackdoor.fl.simulation import run_simulation
-from fedbackdoor.results import TIMING_COLUMNS
+from fedbackdoor.run_files import TIMING_COLUMNS
 
 pytestmark = pytest.mark.slow
 

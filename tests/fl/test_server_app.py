@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from fedbackdoor.cli import compose_config
-from fedbackdoor.fl.server_app import prepare_server
+from fedbackdoor.config import compose_config
+from fedbackdoor.server import prepare_server
 
 SMALL = ["dataset=synthetic", "num_clients=4", "clients_per_round=2"]
 
@@ -39,9 +39,9 @@ def test_the_shared_round_0_is_the_evaluation_of_the_run_own_initial_model() -> 
 
 def test_edge_cases_are_taken_from_the_benign_clients_and_given_to_the_attackers() -> None:
     # Prepare: every class-1 image counts as an edge case (brightness threshold 0)
-    from fedbackdoor.fl.server_app import assign_reserved
     from fedbackdoor.sampling import choose_malicious
     from fedbackdoor.seeding import make_generator
+    from fedbackdoor.server import assign_reserved
 
     cfg = compose_config(
         [*SMALL, "attack=edge_case", "attack.source_label=1", "attack.min_brightness=0.0",

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from fedbackdoor.cli import compose_config
+from fedbackdoor.config import compose_config
 from fedbackdoor.experiment import build_data, build_model, build_partitions
 from fedbackdoor.fl.simulation import Engine, run_simulation
 from fedbackdoor.layout import Layout, trainable_names
-from fedbackdoor.results import TIMING_COLUMNS, read_run_status
+from fedbackdoor.run_files import TIMING_COLUMNS, read_run_status
 from fedbackdoor.training import train
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,328 @@
+"""The files of one run: ``metrics.csv`` (a row per round, flushed as the round ends),
+``run.json`` (its status, replaced atomically) and ``config.yaml``; and the recorder that writes
+them while a run goes on (:class:`RunRecorder`), with its terminal lines.
+
+A run that dies keeps every round it finished. Results are plain CSV plus the resolved config,
+never pickles. Flower-free: the ServerApp feeds the recorder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from fedbackdoor.server_step import RoundRecord
+
+#: Columns of ``metrics.csv``, in order. Accuracies are fractions in [0, 1].
+COLUMNS: tuple[str, ...] = (
+    "round",
+    "main_acc",
+    "main_loss",
+    "backdoor_acc",
+    "n_clients",
+    "n_malicious",
+    "n_rejected",
+    "n_flagged",
+    "det_tp",
+    "det_fp",
+    "det_tpr",
+    "det_fpr",
+    "mal_influence",
+    "skipped",
+    "diverged",
+    "seconds",
+    "aggregate_seconds",
+)
+
+#: The columns that measure time: everything else is reproducible from the config and seed.
+TIMING_COLUMNS: tuple[str, ...] = ("seconds", "aggregate_seconds")
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return "" if value is None else value
+
+
+class MetricsWriter:
+    """Appends one row per round to a CSV file, flushing after each row."""
+
+    def __init__(self, path: str | Path, extra_columns: Sequence[str] = ()) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Extra columns (e.g. DBA's backdoor_acc_part<i>) go after backdoor_acc.
+        at = COLUMNS.index("backdoor_acc") + 1
+        extra = tuple(c for c in extra_columns if c not in COLUMNS)
+        self.columns: tuple[str, ...] = COLUMNS[:at] + extra + COLUMNS[at:]
+        self._file: IO[str] = self.path.open("w", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
+        self._writer.writeheader()
+        self._file.flush()
+
+    def write(self, row: Mapping[str, object]) -> None:
+        unknown = set(row) - set(self.columns)
+        if unknown:
+            raise KeyError(f"unknown metrics columns {sorted(unknown)}")
+        self._writer.writerow({k: _cell(row.get(k)) for k in self.columns})
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def load_metrics(path: str | Path) -> pd.DataFrame:
+    """A run's ``metrics.csv`` (or the run directory holding it) as a DataFrame."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"no metrics file at {path}")
+    return pd.read_csv(path)
+
+
+#: A run directory's status file: ``{"status": "running" | "complete", "choices": {group:
+#: option}, "overrides": [...], "num_rounds": int, "seconds": float (when complete)}``.
+RUN_FILE = "run.json"
+
+
+def write_run_status(run_dir: str | Path, **fields: object) -> Path:
+    """Write (or update) ``run_dir/run.json`` atomically: a reader sees the old or the new file,
+    never half of one. Fields given here replace those already in the file."""
+    path = Path(run_dir) / RUN_FILE
+    current: dict[str, object] = {}
+    if path.exists():
+        current = json.loads(path.read_text())
+    current.update(fields)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def is_complete(run_dir: Path, cfg: DictConfig) -> bool:
+    """Whether ``run_dir`` holds a finished run of exactly ``cfg`` (a restarted sweep skips it;
+    a half-finished one is run again from the start)."""
+    status = read_run_status(run_dir)
+    saved = run_dir / "config.yaml"
+    if status is None or status.get("status") != "complete" or not saved.exists():
+        return False
+    # Compared as data, not text: the same settings in another key order are the same run.
+    return OmegaConf.to_container(OmegaConf.load(saved)) == OmegaConf.to_container(
+        cfg, resolve=True
+    )
+
+
+def read_run_status(run_dir: str | Path) -> dict[str, object] | None:
+    """``run_dir/run.json`` as a dict, or ``None`` if it is missing or unreadable."""
+    path = Path(run_dir) / RUN_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def atomic_path(path: str | Path) -> _AtomicPath:
+    """A temporary path in ``path``'s folder that replaces ``path`` when the block succeeds.
+
+    ``with atomic_path(out) as tmp: frame.to_csv(tmp)``: readers see the old file or the whole
+    new one, never half of it (``os.replace`` within one folder is atomic); on an error the
+    temporary file is removed and ``path`` is left as it was.
+    """
+    return _AtomicPath(Path(path))
+
+
+class _AtomicPath:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+    def __enter__(self) -> Path:
+        return self.tmp
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def ratio(numerator: pd.Series, denominator: pd.Series) -> float:
+    """``sum(numerator) / sum(denominator)``, NaN when the denominator sums to 0."""
+    den = float(denominator.sum())
+    return float(numerator.sum()) / den if den > 0 else math.nan
+
+
+def detection_totals(metrics: pd.DataFrame) -> dict[str, float]:
+    """A run's detection over all its rounds: ``det_tp``, ``det_fp``, ``malicious`` and
+    ``benign`` (clients sampled, over the rounds whose detection columns are filled),
+    ``det_tpr`` = tp / malicious and ``det_fpr`` = fp / benign. All NaN when the defense
+    flags nobody by design (no round has detection columns)."""
+    trained = metrics[metrics["round"] >= 1]
+    scored = trained[trained["det_tp"].notna()] if "det_tp" in trained else trained.iloc[:0]
+    if not len(scored):
+        return dict.fromkeys(
+            ("det_tp", "det_fp", "malicious", "benign", "det_tpr", "det_fpr"), math.nan
+        )
+    malicious = scored["n_malicious"]
+    benign = scored["n_clients"] - scored["n_malicious"]
+    return {
+        "det_tp": float(scored["det_tp"].sum()),
+        "det_fp": float(scored["det_fp"].sum()),
+        "malicious": float(malicious.sum()),
+        "benign": float(benign.sum()),
+        "det_tpr": ratio(scored["det_tp"], malicious),
+        "det_fpr": ratio(scored["det_fp"], benign),
+    }
+
+
+def round_row(
+    round_: int, evaluation: Mapping[str, float], record: RoundRecord | None, seconds: float
+) -> dict[str, object]:
+    """One row of ``metrics.csv``: the round's evaluation and its server record."""
+    row: dict[str, object] = {"round": round_, **evaluation, "seconds": round(seconds, 3)}
+    if record is None:  # round 0: the initial model, nobody trained
+        row.update(n_clients=0, n_malicious=0, n_rejected=0, skipped=0)
+        return row
+    row.update(
+        aggregate_seconds=round(record.aggregate_seconds, 4),
+        n_clients=record.n_clients,
+        n_malicious=record.n_malicious,
+        n_rejected=record.n_rejected,
+        n_flagged=record.n_flagged,
+        mal_influence=record.influence,
+        skipped=int(record.skipped is not None),
+    )
+    if record.detection is not None:
+        d = record.detection
+        row.update(det_tp=d.tp, det_fp=d.fp, det_tpr=d.tpr, det_fpr=d.fpr)
+    return row
+
+
+class RunRecorder:
+    """Writes one run's files while it goes on, and its terminal lines.
+
+    On creation: ``config.yaml`` (the resolved config) and ``run.json`` (``status: running``,
+    ``num_rounds`` and ``meta``: the Hydra group ``choices`` and ``overrides``); then a
+    ``metrics.csv`` row per round (:meth:`round`); at the end (:meth:`finish`) ``model.pt`` and
+    ``run.json`` with ``status: complete``, the run's ``seconds``, its detection totals and the
+    rounds that were skipped or diverged.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run's folder (created).
+    cfg_yaml : str
+        The resolved config as YAML.
+    num_rounds : int
+        Rounds after round 0.
+    columns : sequence of str
+        The evaluation's metric names (extra columns such as DBA's per-part accuracies).
+    meta : mapping, optional
+        More fields for ``run.json``.
+    label : str, optional
+        Starts every terminal line (runs in parallel).
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg_yaml: str,
+        *,
+        num_rounds: int,
+        columns: Sequence[str],
+        meta: Mapping[str, object] | None = None,
+        label: str | None = None,
+    ) -> None:
+        self.run_dir = run_dir
+        self.num_rounds = num_rounds
+        self.lead = f"{label} " if label else ""
+        self.started = time.perf_counter()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfg_yaml)
+        write_run_status(run_dir, status="running", num_rounds=num_rounds, **dict(meta or {}))
+        self.writer = MetricsWriter(run_dir / "metrics.csv", extra_columns=columns)
+        self.diverged: list[int] = []
+        self.skipped: list[int] = []
+
+    def say(self, text: str) -> None:
+        """A line on the terminal, with the run's label."""
+        print(f"{self.lead}{text}", flush=True)
+
+    def note(self, **fields: object) -> None:
+        """More fields for ``run.json``."""
+        write_run_status(self.run_dir, **fields)
+
+    def round(
+        self,
+        round_: int,
+        evaluation: Mapping[str, float],
+        record: RoundRecord | None,
+        seconds: float,
+    ) -> None:
+        """Write the round's row and say it: accuracies, clients, rejections, and whether the
+        round was skipped or the model diverged."""
+        row = round_row(round_, evaluation, record, seconds)
+        self.writer.write(row)
+        extra = ""
+        if record is not None:
+            extra = f"  clients {record.n_clients} ({record.n_malicious} malicious)"
+            if record.n_rejected:
+                extra += f"  rejected {record.n_rejected}"
+            if record.skipped is not None:
+                extra += f"  SKIPPED, global model kept: {record.skipped}"
+                self.skipped.append(round_)
+        if evaluation.get("diverged"):
+            extra += "  DIVERGED: the global model computes non-finite outputs"
+            self.diverged.append(round_)
+        self.say(
+            f"round {round_:>3}/{self.num_rounds}  main_acc {evaluation['main_acc']:.4f}  "
+            f"backdoor_acc {evaluation['backdoor_acc']:.4f}{extra}  {seconds:.2f}s"
+        )
+
+    def finish(self, state_dict: Mapping[str, object]) -> None:
+        """Save the final global model (``model.pt``) and mark the run complete; say what a
+        reader of the numbers must know (diverged or skipped rounds, detection totals)."""
+        import torch  # noqa: PLC0415 (the recorder's other users need no torch)
+
+        torch.save(dict(state_dict), self.run_dir / "model.pt")
+        self.writer.close()
+        totals = detection_totals(load_metrics(self.writer.path))
+        detection = None if math.isnan(totals["det_tp"]) else totals  # rule flags nobody
+        self.note(
+            status="complete",
+            seconds=round(time.perf_counter() - self.started, 3),
+            detection=detection,
+            diverged_rounds=self.diverged,
+            skipped_rounds=self.skipped,
+        )
+        if self.diverged:
+            self.say(
+                f"WARNING: the global model diverged (non-finite outputs) in "
+                f"{len(self.diverged)} round(s), first {self.diverged[0]}: accuracies of those "
+                "rounds count non-finite outputs as wrong"
+            )
+        if self.skipped:
+            self.say(
+                f"WARNING: the global model was not updated in {len(self.skipped)} round(s): "
+                f"{self.skipped}"
+            )
+        if detection is not None:
+            self.say(
+                f"detection over the run: {detection['det_tp']:.0f} of "
+                f"{detection['malicious']:.0f} malicious updates flagged "
+                f"(TPR {detection['det_tpr']:.3f}), {detection['det_fp']:.0f} of "
+                f"{detection['benign']:.0f} benign (FPR {detection['det_fpr']:.3f})"
+            )
+
+    def close(self) -> None:
+        self.writer.close()
