@@ -7,12 +7,17 @@ line instead of deep inside a Ray actor.
 
 from __future__ import annotations
 
+import math
 import os
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fedbackdoor.sampling import AttackSchedule, malicious_count
+if TYPE_CHECKING:
+    import torch
 
 #: The Hydra config tree. Override with FEDBACKDOOR_CONF_DIR (e.g. a copy with your presets).
 CONF_DIR = Path(
@@ -63,193 +68,261 @@ class ConfigError(ValueError):
     """A config value is out of range or inconsistent with another."""
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _int_at_least(low: int) -> tuple[Callable[[object], bool], str]:
+    return (lambda v: _is_int(v) and v >= low), f"an integer >= {low}"  # type: ignore[operator]
+
+
+def _number_above(low: float) -> tuple[Callable[[object], bool], str]:
+    return (lambda v: _is_number(v) and low < v < math.inf), f"a number > {low:g}"  # type: ignore[operator]
+
+
+def _number_from(low: float) -> tuple[Callable[[object], bool], str]:
+    return (lambda v: _is_number(v) and low <= v < math.inf), f"a number >= {low:g}"  # type: ignore[operator]
+
+
+def _share() -> tuple[Callable[[object], bool], str]:
+    return (lambda v: _is_number(v) and 0.0 <= v <= 1.0), "a number in [0, 1]"  # type: ignore[operator]
+
+
+def _optional(rule: tuple[Callable[[object], bool], str]) -> tuple[Callable[[object], bool], str]:
+    check, text = rule
+    return (lambda v: v is None or check(v)), f"null or {text}"
+
+
+#: The config's own keys and what each must hold. Settings of a component (a trigger's size, a
+#: rule's ``f``, PGD's bound, the attack window) are checked by the component itself when
+#: :func:`validate` builds it; only keys no single component owns are listed here.
+KEY_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "num_rounds": _int_at_least(1),
+    "num_clients": _int_at_least(1),
+    "clients_per_round": _int_at_least(1),
+    "local_epochs": _int_at_least(1),
+    "batch_size": _int_at_least(1),
+    "eval_batch_size": _int_at_least(1),
+    "lr": _number_above(0),
+    "server_lr": _number_above(0),
+    "momentum": _number_from(0),
+    "weight_decay": _number_from(0),
+    "seed": _int_at_least(0),
+    "device": (
+        lambda v: isinstance(v, str) and (v in ("cpu", "cuda", "auto") or v.startswith("cuda:")),
+        "one of cpu, cuda, cuda:N, auto",
+    ),
+    "attack.fraction": _share(),
+    "attack.per_round": _optional(_int_at_least(0)),
+    "attack.poison_ratio": _share(),
+    "attack.poison_count": _optional(_int_at_least(0)),
+    "attack.local_epochs": _optional(_int_at_least(1)),
+    "attack.lr": _optional(_number_above(0)),
+    "attack.boost": (
+        lambda v: v == "auto" or _number_above(0)[0](v),
+        "a number > 0 or auto",
+    ),
+    "attack.start_round": _int_at_least(1),
+    "attack.end_round": _optional((_is_int, "an integer")),
+    "attack.every": _int_at_least(1),
+    "backend.client_resources.num_cpus": _number_above(0),
+    "backend.client_resources.num_gpus": _number_from(0),
+    "backend.parallel_runs": _int_at_least(1),
+}
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` naming the first bad key of ``cfg``."""
-    for key in (
-        "num_rounds",
-        "num_clients",
-        "clients_per_round",
-        "local_epochs",
-        "batch_size",
-        "eval_batch_size",
-    ):
-        value = cfg[key]
-        _require(
-            isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-            f"{key}={value!r} must be an integer >= 1",
-        )
+    """Raise :class:`ConfigError` naming the first bad key of ``cfg``: the config's own keys
+    (:data:`KEY_RULES`), the rules between keys, then every component built once on a tiny
+    input (the attack window, the round's sampling, the trigger, the poisoning, the update
+    attack, the training-time attack, the defense), each checking its own settings."""
+    for key, (check, requirement) in KEY_RULES.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is _ABSENT:
+            continue
+        _require(check(value), f"{key}={value!r} must be {requirement}")
+    _check_cross_keys(cfg)
+    _check_components(cfg)
+
+
+_ABSENT = object()
+
+
+def _check_cross_keys(cfg: DictConfig) -> None:
+    """The rules between keys that no single component sees."""
     _require(
         cfg.clients_per_round <= cfg.num_clients,
         f"clients_per_round={cfg.clients_per_round} must be <= num_clients={cfg.num_clients}",
     )
-    for key in ("lr", "server_lr"):
-        _require(
-            isinstance(cfg[key], int | float) and cfg[key] > 0,
-            f"{key}={cfg[key]!r} must be a number > 0",
-        )
-    for key in ("momentum", "weight_decay"):
-        _require(
-            isinstance(cfg[key], int | float) and cfg[key] >= 0,
-            f"{key}={cfg[key]!r} must be a number >= 0",
-        )
-    _require(
-        isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool),
-        f"seed={cfg.seed!r} must be an integer",
-    )
-    device = str(cfg.device)
-    _require(
-        device in ("cpu", "cuda", "auto") or device.startswith("cuda:"),
-        f"device={device!r} must be one of cpu, cuda, cuda:N, auto",
-    )
-
-    attack = cfg.attack
-    fraction = attack.fraction
-    _require(
-        isinstance(fraction, int | float) and 0.0 <= fraction <= 1.0,
-        f"attack.fraction={fraction!r} must be a number in [0, 1]",
-    )
-    n_malicious = malicious_count(cfg.num_clients, fraction)
-    per_round = attack.get("per_round")
-    if per_round is not None:
-        _require(
-            isinstance(per_round, int) and per_round >= 0,
-            f"attack.per_round={per_round!r} must be null or an integer >= 0",
-        )
-        _require(
-            per_round <= cfg.clients_per_round,
-            f"attack.per_round={per_round} exceeds clients_per_round={cfg.clients_per_round}",
-        )
-        _require(
-            per_round <= n_malicious,
-            f"attack.per_round={per_round} exceeds the {n_malicious} malicious clients "
-            f"that attack.fraction={fraction} gives of num_clients={cfg.num_clients}",
-        )
-        _require(
-            cfg.clients_per_round - per_round <= cfg.num_clients - n_malicious,
-            f"attack.per_round={per_round}: too few benign clients to fill "
-            f"clients_per_round={cfg.clients_per_round}",
-        )
-    ratio = attack.get("poison_ratio", 0.0)
-    _require(
-        isinstance(ratio, int | float) and 0.0 <= ratio <= 1.0,
-        f"attack.poison_ratio={ratio!r} must be a number in [0, 1]",
-    )
-    target = attack.get("target_label", 0)
     classes = cfg.dataset.num_classes
-    _require(
-        isinstance(target, int) and 0 <= target < classes,
-        f"attack.target_label={target!r} must be an integer in [0, {classes - 1}]",
-    )
-    source = attack.get("source_label")
-    _require(
-        source is None or (isinstance(source, int) and 0 <= source < classes),
-        f"attack.source_label={source!r} must be null or an integer in [0, {classes - 1}]",
-    )
-    boost = attack.get("boost", 1.0)
-    _require(
-        boost == "auto" or (isinstance(boost, int | float) and boost > 0),
-        f"attack.boost={boost!r} must be a number > 0 or auto",
-    )
+    attack = cfg.attack
+    for key in ("target_label", "source_label"):
+        label = attack.get(key)
+        _require(
+            (label is None and key == "source_label") or (_is_int(label) and 0 <= label < classes),
+            f"attack.{key}={label!r} must be {'null or ' if key == 'source_label' else ''}"
+            f"an integer in [0, {classes - 1}] (dataset.num_classes={classes})",
+        )
     update = attack.get("update")
     _require(
         update is None or isinstance(update, DictConfig),
         f"attack.update={update!r} must be an option of conf/attack/update "
         f"(choose it with attack.update=<name> on the command line, or attack/update=<name>)",
     )
-    count = attack.get("poison_count")
-    _require(
-        count is None or (isinstance(count, int) and not isinstance(count, bool) and count >= 0),
-        f"attack.poison_count={count!r} must be null or an integer >= 0",
-    )
-    local_epochs = attack.get("local_epochs")
-    _require(
-        local_epochs is None
-        or (
-            isinstance(local_epochs, int)
-            and not isinstance(local_epochs, bool)
-            and local_epochs >= 1
-        ),
-        f"attack.local_epochs={local_epochs!r} must be null or an integer >= 1",
-    )
-    for key in ("lr", "norm_bound"):
-        value = attack.get(key)
-        _require(
-            value is None
-            or (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and 0 < value < float("inf")
-            ),
-            f"attack.{key}={value!r} must be null or a number > 0",
-        )
-    mask_ratio = attack.get("mask_ratio")
-    _require(
-        mask_ratio is None or (isinstance(mask_ratio, int | float) and 0.0 <= mask_ratio <= 1.0),
-        f"attack.mask_ratio={mask_ratio!r} must be a number in [0, 1]",
-    )
-    for key in ("start_round", "every"):
-        value = attack.get(key, 1)
-        _require(
-            isinstance(value, int) and not isinstance(value, bool),
-            f"attack.{key}={value!r} must be an integer",
-        )
-    end_round = attack.get("end_round")
-    _require(
-        end_round is None or (isinstance(end_round, int) and not isinstance(end_round, bool)),
-        f"attack.end_round={end_round!r} must be null or an integer",
-    )
+
+
+def _last_line(exc: BaseException) -> str:
+    """The reason a component gave, as one line: the innermost cause (Hydra wraps a target's
+    own error in one that ends with the config path)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else repr(exc)
+
+
+def _user_key(cfg: DictConfig, nodes: Sequence[str], message: str) -> str | None:
+    """``key=value`` of the user-facing key behind the setting a component's ``message``
+    names: a component gets its settings by interpolation (``norm_bound:
+    ${attack.norm_bound}``), so the setting named in the message leads back to the key the
+    user typed."""
+    for path in nodes:
+        node = OmegaConf.select(cfg, path)
+        if not isinstance(node, DictConfig):
+            continue
+        for name in node:
+            if not re.search(rf"\b{re.escape(str(name))}\b", message):
+                continue
+            raw = node._get_node(name)._value()  # type: ignore[union-attr]
+            found = re.fullmatch(r"\$\{([\w.]+)\}", raw) if isinstance(raw, str) else None
+            key = found.group(1) if found else f"{path}.{name!s}"
+            return f"{key}={OmegaConf.select(cfg, key)!r}"
+    return None
+
+
+def _built(cfg: DictConfig, where: str, build: Callable[[], object]) -> None:
+    """Run ``build``; a component that refuses its settings stops the run with one line
+    naming the key behind the setting (or the config node) and the component's reason
+    (Hydra's wrapping of the component's error is dropped)."""
     try:
-        AttackSchedule(attack.get("start_round", 1), end_round, attack.get("every", 1))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        build()
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (any refusal of a setting, as one line)
+        message = _last_line(exc)
+        named = _user_key(cfg, [where], message)
+        if named is None and _names_a_key(cfg, message):  # e.g. the attack window's own
+            raise ConfigError(message) from None
+        raise ConfigError(f"{named or where}: {message}") from None
 
-    root_size = cfg.defense.get("root_size")
-    _require(
-        root_size is None
-        or (isinstance(root_size, int) and not isinstance(root_size, bool) and root_size >= 1),
-        f"defense.root_size={root_size!r} must be an integer >= 1",
-    )
 
-    resources = cfg.backend.client_resources
-    _require(
-        resources.num_cpus > 0,
-        f"backend.client_resources.num_cpus={resources.num_cpus!r} must be > 0",
-    )
-    _require(
-        resources.num_gpus >= 0,
-        f"backend.client_resources.num_gpus={resources.num_gpus!r} must be >= 0",
-    )
-    _check_defense_runs(cfg)
-
-    parallel = cfg.backend.get("parallel_runs", 1)
-    _require(
-        isinstance(parallel, int) and not isinstance(parallel, bool) and parallel >= 1,
-        f"backend.parallel_runs={parallel!r} must be an integer >= 1",
+def _names_a_key(cfg: DictConfig, message: str) -> bool:
+    """Whether ``message`` starts with ``<key>=`` for a key of ``cfg``."""
+    found = re.match(r"([\w.]+)=", message)
+    return (
+        found is not None
+        and "." in found.group(1)
+        and (OmegaConf.select(cfg, found.group(1), default=_ABSENT) is not _ABSENT)
     )
 
 
-def _check_defense_runs(cfg: DictConfig) -> None:
-    """A rule that can never run with ``clients_per_round`` updates (Bulyan with
-    ``n < 4f + 3``, Krum with ``n <= 2f + 2``, ...) stops the run here, naming the keys; a
-    setting the rule refuses stops it too (``defense.<key>`` named by the rule's message)."""
-    from fedbackdoor.defenses.pipeline import build_defense  # noqa: PLC0415 (heavy imports)
+def _check_components(cfg: DictConfig) -> None:
+    """Build every component of the run once, on tiny inputs, so that each checks its own
+    settings before any data is loaded or Ray starts."""
+    import torch  # noqa: PLC0415 (heavy imports: only when validating)
+    from hydra.utils import instantiate  # noqa: PLC0415
+
+    from fedbackdoor.defenses.pipeline import build_defense  # noqa: PLC0415
+    from fedbackdoor.sampling import AttackSchedule, choose_malicious, sample_round  # noqa: PLC0415
     from fedbackdoor.server_step import check_rule_runs  # noqa: PLC0415
 
+    attack = cfg.attack
+    _built(
+        cfg,
+        "attack window",
+        lambda: AttackSchedule(
+            attack.get("start_round", 1), attack.get("end_round"), attack.get("every", 1)
+        ),
+    )
+    generator = torch.Generator().manual_seed(0)
+    malicious = choose_malicious(int(cfg.num_clients), float(attack.fraction), generator=generator)
+    _built(
+        cfg,
+        "sampling",
+        lambda: sample_round(
+            int(cfg.num_clients),
+            int(cfg.clients_per_round),
+            malicious,
+            per_round=attack.get("per_round"),
+            generator=generator,
+        ),
+    )
+    size = tuple(int(s) for s in cfg.dataset.image_size)
+    x = torch.rand(8, int(cfg.dataset.channels), *size, generator=generator)
+    y = torch.arange(8) % int(cfg.dataset.num_classes)
+    if attack.get("trigger") is not None:
+        _built(cfg, "attack.trigger", lambda: instantiate(attack.trigger))
+    if attack.get("poison") is not None:
+        _built(
+            cfg,
+            "attack.poison",
+            lambda: instantiate(attack.poison)(
+                x, y, generator=generator, attacker_index=0, num_attackers=max(1, len(malicious))
+            ),
+        )
+    _built(cfg, "attack.update.apply", lambda: _try_update_attack(cfg, generator))
+    _built(cfg, "attack.update.train", lambda: _try_training_attack(cfg, x, y))
+    pieces = ["defense.rule"]
+    pieces += [f"defense.pre.{i}" for i in range(len(cfg.defense.get("pre") or []))]
+    pieces += [f"defense.post.{i}" for i in range(len(cfg.defense.get("post") or []))]
     try:
         defense = build_defense(cfg.defense)
-    except Exception as exc:  # Hydra wraps the rule's own error: keep its last line
-        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
-        raise ConfigError(f"defense: {message}") from None
+        check_rule_runs(
+            defense, int(cfg.clients_per_round), keys=f"clients_per_round={cfg.clients_per_round}"
+        )
+    except Exception as exc:  # noqa: BLE001 (any refusal of a setting, as one line)
+        message = _last_line(exc)
+        if "clients_per_round=" in message:
+            raise ConfigError(message) from None
+        named = _user_key(cfg, pieces, message)
+        raise ConfigError(f"{named or 'defense'}: {message}") from None
     try:
         check_rule_runs(
-            defense,
-            int(cfg.clients_per_round),
-            keys=f"clients_per_round={cfg.clients_per_round}",
+            defense, int(cfg.clients_per_round), keys=f"clients_per_round={cfg.clients_per_round}"
         )
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(
+            str(exc) if "clients_per_round" in str(exc) else f"defense: {exc}"
+        ) from None
+
+
+def _try_update_attack(cfg: DictConfig, generator: torch.Generator) -> None:
+    import torch  # noqa: PLC0415
+
+    from fedbackdoor.experiment import build_update_attack  # noqa: PLC0415
+
+    n = int(cfg.clients_per_round)
+    malicious = torch.zeros(n, dtype=torch.bool)
+    malicious[0] = True
+    updates = torch.randn(n, 16, generator=generator)
+    build_update_attack(cfg)(updates, malicious, weights=torch.ones(n), generator=generator)
+
+
+def _try_training_attack(cfg: DictConfig, x: object, y: object) -> None:
+    from torch import nn  # noqa: PLC0415
+
+    from fedbackdoor.experiment import build_local_attack  # noqa: PLC0415
+
+    factory = build_local_attack(cfg)
+    if factory is not None:
+        model = nn.Sequential(nn.Flatten(), nn.LazyLinear(int(cfg.dataset.num_classes)))
+        model(x)  # materialise the lazy layer
+        factory(model, x, y)  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy.optimize import least_squares
 
 #: z = k (log f - centre) where the logistic's second derivative is largest: sigma(z) =
 #: (3 - sqrt 3) / 6 ~ 0.211, z = -ln(2 + sqrt 3) ~ -1.317.
@@ -38,7 +39,7 @@ _Array = NDArray[np.float64]
 _GRID = 61  # coarse grid points per parameter (at least)
 _MAX_GRID = 401  # coarse grid points for the centre (at most)
 _STARTS = 6  # grid points refined
-_MAX_STEPS = 200  # Levenberg-Marquardt steps per start (at most)
+_TOLERANCE = 1e-12  # least_squares' relative ftol and xtol: refine to (nearly) float64 precision
 _SHARPEST = 50.0  # steepest slope k, in units of 1 / (smallest gap between log fractions)
 _FLATTEST = 0.25  # flattest slope k, in units of 1 / (log-fraction span)
 
@@ -147,44 +148,41 @@ def fit_logistic(fractions: ArrayLike, backdoor_acc: ArrayLike) -> LogisticFit |
     cs, lks = c_grid.ravel(), lk_grid.ravel()
     lows, highs, losses = evaluate(cs, lks)
 
-    def model(params: _Array) -> tuple[_Array, _Array]:
-        """The curve at the data and its Jacobian in (low, high, centre, log slope)."""
+    def shape(c: float, lk: float) -> _Array:
+        """The sigmoid at the data (0 at fraction 0)."""
+        return np.where(positive, _sigmoid(math.exp(lk) * (t - c)), 0.0)
+
+    def residuals(params: _Array) -> _Array:
         low, high, c, lk = params
-        k = math.exp(lk)
-        s = np.where(positive, _sigmoid(k * (t - c)), 0.0)
-        ds = (high - low) * k * s * (1.0 - s)
-        jac = np.stack([1.0 - s, s, -ds, ds * (t - c)], axis=1)
-        return low + (high - low) * s, jac
+        fitted: _Array = low + (high - low) * shape(c, lk) - y
+        return fitted
+
+    def jacobian(params: _Array) -> _Array:
+        """The residuals' derivatives in (low, high, centre, log slope)."""
+        low, high, c, lk = params
+        s = shape(c, lk)
+        ds = (high - low) * math.exp(lk) * s * (1.0 - s)
+        return np.stack([1.0 - s, s, -ds, ds * (t - c)], axis=1)
 
     lower = np.array([0.0, 0.0, c_bounds[0], lk_bounds[0]])
     upper = np.array([1.0, 1.0, c_bounds[1], lk_bounds[1]])
 
-    def refine(params: _Array) -> tuple[_Array, float]:
-        """Levenberg-Marquardt, each step projected back into the bounds."""
-        fitted, jac = model(params)
-        loss = float(((y - fitted) ** 2).sum())
-        damping = 1e-3
-        for _ in range(_MAX_STEPS):
-            jtj, grad = jac.T @ jac, jac.T @ (y - fitted)
-            scale = np.diag(np.diag(jtj)) + 1e-12 * np.eye(4)
-            try:
-                step = np.linalg.solve(jtj + damping * scale, grad)
-            except np.linalg.LinAlgError:
-                break
-            trial = np.clip(params + step, lower, upper)
-            trial_fit, trial_jac = model(trial)
-            trial_loss = float(((y - trial_fit) ** 2).sum())
-            if trial_loss < loss:
-                done = loss - trial_loss <= 1e-15 * loss or np.abs(trial - params).max() < 1e-12
-                params, fitted, jac, loss = trial, trial_fit, trial_jac, trial_loss
-                damping = max(damping / 3, 1e-12)
-                if done:
-                    break
-            else:
-                damping *= 4
-                if damping > 1e12:
-                    break
-        return params, loss
+    def refine(start: _Array) -> tuple[_Array, float]:
+        """Bounded least squares from a grid point. The dogleg with rectangular trust regions
+        keeps a parameter exactly on its bound (a floor of 0, a flat curve's zero rise), where
+        the trust-region reflective method stays a hair inside; and no gradient tolerance,
+        which is absolute: near a step the loss is ~1e-20 and must still be minimised."""
+        result = least_squares(
+            residuals,
+            start,
+            jac=jacobian,
+            bounds=(lower, upper),
+            method="dogbox",
+            ftol=_TOLERANCE,
+            xtol=_TOLERANCE,
+            gtol=None,
+        )
+        return result.x, float((result.fun**2).sum())
 
     # The loss has local minima (a sharp step fits between any two neighbouring fractions):
     # refine the best few grid points and keep the best result.
@@ -235,8 +233,9 @@ def resistance_point(
        (61 to 401 values), log k on 61 values for k in [0.25 / s, 50 / g] (f_min, f_max: the
        smallest and largest positive fractions, s = log(f_max / f_min), g = the smallest gap
        between distinct log fractions; k spans near-linear to a step between two neighbouring
-       fractions). The 6 best grid points are refined by Levenberg-Marquardt in
-       (low, high, c, log k), kept within those bounds; the fit with the least loss is used.
+       fractions). The 6 best grid points are refined by bounded least squares in
+       (low, high, c, log k) within those bounds (SciPy's ``least_squares``); the fit with the
+       least loss is used.
     3. ``point="knee"`` (default) returns ``exp(c - ln(2 + sqrt 3) / k)``: where the fitted
        curve's second derivative in log fraction is largest, i.e. where its growth turns from
        flat to steep (the curve has risen (3 - sqrt 3) / 6 = 21% of the way from ``low`` to

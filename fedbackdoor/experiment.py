@@ -10,26 +10,25 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from fedbackdoor.attacks import updates as updates_lib
+from fedbackdoor.attacks import boost as updates_lib
 from fedbackdoor.attacks.constraints import LocalConstraint
-from fedbackdoor.data.datasets import ImageData, get_dataset
+from fedbackdoor.data.image_data import ImageData
+from fedbackdoor.data.loading import instantiate_dataset
 from fedbackdoor.defenses.pipeline import Defense, build_defense
 from fedbackdoor.layout import Layout
 from fedbackdoor.metrics import Evaluator
 from fedbackdoor.models import resolve_device
+from fedbackdoor.round_context import ServerResources
 from fedbackdoor.sampling import AttackSchedule
-from fedbackdoor.seeding import make_generator, seeded_init
-from fedbackdoor.server_step import RootUpdate
-from fedbackdoor.training import TrainResult, train
+from fedbackdoor.seeding import seeded_init
 
 UpdateAttack = Callable[..., Tensor]
 
@@ -49,9 +48,9 @@ class Poison(Protocol):
 
 
 def build_data(cfg: DictConfig) -> ImageData:
-    """The run's dataset (cached per process by :func:`get_dataset`)."""
-    extra = cfg.dataset.get("synthetic") or {}
-    return get_dataset(cfg.dataset.name, cfg.dataset.get("data_dir"), **dict(extra))
+    """The run's dataset: the ``dataset`` node instantiated (its ``_target_`` is the loader),
+    once per process per resolved node (:func:`~fedbackdoor.data.loading.instantiate_dataset`)."""
+    return instantiate_dataset(cfg.dataset)
 
 
 def build_partitions(cfg: DictConfig, data: ImageData) -> list[np.ndarray]:
@@ -116,49 +115,27 @@ def client_steps(cfg: DictConfig, partitions: list[np.ndarray]) -> int:
     return int(cfg.local_epochs) * max(1, -(-median // int(cfg.batch_size)))
 
 
-def build_root_update(
+def build_resources(
     cfg: DictConfig, data: ImageData, partitions: list[np.ndarray], trainable: frozenset[str]
-) -> RootUpdate | None:
-    """The server's own training on a small clean root dataset (FLTrust, Cao et al. 2021), when
-    the defense asks for one (``defense.root_size``), else ``None``.
-
-    The root data are ``defense.root_size`` training samples drawn from the seed (the paper's
-    server collects a small clean sample of the task's distribution). As in the paper, the
-    server takes the same number of local iterations as a client (:func:`client_steps`, with the
-    clients' batch size and learning rate: it cycles through its root data, reshuffled every
-    pass), so that its update has a client's magnitude; epochs over 100 root samples would give
-    a 4-19x smaller update and, through FLTrust's rescaling, a 4-19x smaller global step.
-    Returns the reference update of the trainable parameters.
-    """
-    size = cfg.defense.get("root_size")
-    if size is None:
-        return None
-    seed = int(cfg.seed)
-    chosen = torch.randperm(len(data.y_train), generator=make_generator(seed, "root"))[:size]
-    x, y = data.x_train[chosen], data.y_train[chosen]
+) -> ServerResources:
+    """What the server lends the defenses that ask for a context
+    (:class:`~fedbackdoor.round_context.RoundContext`): its own copy of the model, the training
+    set to draw clean server data from, and the clients' SGD settings with a typical client's
+    number of iterations (:func:`client_steps`: FLTrust's server trains as long as a client)."""
     model = build_model(cfg, data)
-    layout = Layout.of(model.state_dict(), trainable)
-    device = resolve_device(str(cfg.device))
-    steps = client_steps(cfg, partitions)
-
-    def root_update(params: Tensor, buffers: Tensor, round_: int) -> Tensor:
-        model.load_state_dict(layout.unflatten(params, buffers))
-        train(
-            model,
-            x,
-            y,
-            epochs=-(-steps * int(cfg.batch_size) // len(y)),
-            steps=steps,
-            batch_size=int(cfg.batch_size),
-            lr=float(cfg.lr),
-            momentum=float(cfg.momentum),
-            weight_decay=float(cfg.weight_decay),
-            generator=make_generator(seed, "root-train", round_),
-            device=device,
-        )
-        return layout.flatten(model.state_dict()) - params
-
-    return root_update
+    return ServerResources(
+        model=model,
+        layout=Layout.of(model.state_dict(), trainable),
+        x=data.x_train,
+        y=data.y_train,
+        seed=int(cfg.seed),
+        batch_size=int(cfg.batch_size),
+        lr=float(cfg.lr),
+        momentum=float(cfg.momentum),
+        weight_decay=float(cfg.weight_decay),
+        steps=client_steps(cfg, partitions),
+        device=resolve_device(str(cfg.device)),
+    )
 
 
 def build_schedule(cfg: DictConfig) -> AttackSchedule:
@@ -173,7 +150,7 @@ def build_schedule(cfg: DictConfig) -> AttackSchedule:
 def build_update_attack(cfg: DictConfig) -> UpdateAttack:
     """The server-side model poisoning ``(updates, malicious, *, weights, generator) ->
     updates``: ``attack.update.apply`` (if any), then the boost: ``attack.boost=auto`` is
-    :func:`~fedbackdoor.attacks.updates.model_replacement` (the factor that makes the round's
+    :func:`~fedbackdoor.attacks.boost.model_replacement` (the factor that makes the round's
     attackers replace the global model under FedAvg, computed per round from the sample
     weights, the number of attackers and ``server_lr``), a number multiplies every malicious
     update by itself."""
@@ -204,110 +181,3 @@ def build_local_attack(cfg: DictConfig) -> ConstraintFactory | None:
         return None
     factory: ConstraintFactory = instantiate(update["train"])
     return factory
-
-
-@dataclass(frozen=True)
-class ClientSpec:
-    """Everything one client needs for one round besides the global weights."""
-
-    round: int
-    partition: int
-    malicious: bool
-    indices: np.ndarray
-    attacker_index: int = 0  # rank among the malicious clients (DBA's trigger part)
-    num_attackers: int = 1  # malicious clients in the federation (DBA spreads its parts)
-
-
-@functools.lru_cache(maxsize=4)
-def _client_world(cfg_yaml: str) -> ClientWorld:
-    """Per-process cache keyed by the run config: data loaded and model built once."""
-    cfg = OmegaConf.create(cfg_yaml)
-    assert isinstance(cfg, DictConfig)
-    data = build_data(cfg)
-    model = build_model(cfg, data)
-    return ClientWorld(cfg, data, model, build_poison(cfg), build_local_attack(cfg))
-
-
-@dataclass(frozen=True)
-class ClientWorld:
-    """What every client of one run shares within a process."""
-
-    cfg: DictConfig
-    data: ImageData
-    model: nn.Module
-    poison: Poison | None
-    local_attack: ConstraintFactory | None
-
-
-def prepare_client(cfg_yaml: str) -> ClientWorld:
-    """Load (once per process) what a client of this run needs, and set its thread count.
-
-    A client computes with the cores it was given (``backend.client_resources.num_cpus``):
-    more threads than that would oversubscribe the machine when several clients train at once.
-    """
-    world = _client_world(cfg_yaml)
-    threads = max(1, int(world.cfg.backend.client_resources.num_cpus))
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    return world
-
-
-def client_update(
-    cfg_yaml: str, global_state: dict[str, Tensor], spec: ClientSpec
-) -> tuple[dict[str, Tensor], TrainResult]:
-    """One client's local training from the global weights; returns its new weights.
-
-    A malicious client (``spec.malicious``: sampled, malicious and in an attack round)
-
-    1. poisons its data with ``attack.poison`` (e.g. BadNets: the trigger on
-       ``attack.poison_ratio`` of its samples, relabelled to ``attack.target_label``; the
-       poisoned subset depends only on the seed and the partition, so it is the same every round);
-    2. trains with its own ``attack.local_epochs`` / ``attack.lr`` where those are set, under
-       ``attack.update.train`` (PGD, Neurotoxin: :mod:`fedbackdoor.attacks.constraints`), built
-       from the global model and its clean data;
-    3. with ``attack.corrupt``, breaks its weights (:mod:`fedbackdoor.attacks.corrupt`).
-
-    Server-side model poisoning (scaling, ALIE, ...) is applied to the stacked updates where
-    the round's updates are gathered: see :mod:`fedbackdoor.attacks.updates`.
-    """
-    world = prepare_client(cfg_yaml)
-    cfg, data, model = world.cfg, world.data, world.model
-    device = resolve_device(str(cfg.device))
-    idx = torch.as_tensor(spec.indices, dtype=torch.long)
-    x, y = data.x_train[idx], data.y_train[idx]
-    clean_x, clean_y = x, y
-    if spec.malicious and world.poison is not None:
-        x, y, _ = world.poison(
-            x,
-            y,
-            generator=make_generator(int(cfg.seed), "poison", spec.partition),
-            attacker_index=spec.attacker_index,
-            num_attackers=spec.num_attackers,
-        )
-    model.load_state_dict(global_state)
-    model.to(device)
-    epochs, lr, constraint = int(cfg.local_epochs), float(cfg.lr), None
-    if spec.malicious:
-        epochs = int(cfg.attack.get("local_epochs") or epochs)
-        lr = float(cfg.attack.get("lr") or lr)
-        if world.local_attack is not None:
-            constraint = world.local_attack(model, clean_x, clean_y)
-    result = train(
-        model,
-        x,
-        y,
-        epochs=epochs,
-        batch_size=int(cfg.batch_size),
-        lr=lr,
-        momentum=float(cfg.momentum),
-        weight_decay=float(cfg.weight_decay),
-        generator=make_generator(int(cfg.seed), "train", spec.round, spec.partition),
-        device=device,
-        constraint=constraint,
-    )
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    if constraint is not None:
-        state = constraint.finish(state, global_state)
-    if spec.malicious and cfg.attack.get("corrupt") is not None:
-        state = instantiate(cfg.attack.corrupt)(state)  # broken weights: see attacks.corrupt
-    return state, result

@@ -29,8 +29,9 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from fedbackdoor.curves import resistance_point
+from fedbackdoor.files import atomic_path
 from fedbackdoor.results import identity_columns, is_attack_column
-from fedbackdoor.run_files import atomic_path, load_metrics
+from fedbackdoor.run_files import load_metrics
 
 #: Width of one column of a two-column paper, inches.
 COLUMN_WIDTH = 3.5

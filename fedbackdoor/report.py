@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedbackdoor.files import atomic_path
 from fedbackdoor.plots import plot_durability, plot_heatmap, plot_poisoning_curve, plot_rounds
 from fedbackdoor.results import SkippedRunWarning, find_runs, gather_runs, summarize
-from fedbackdoor.run_files import atomic_path
 
 #: The report's folder inside DIR.
 REPORT_DIR = "report"

@@ -40,7 +40,6 @@ _CHOICE_ORDER: tuple[str, ...] = (
     "partition",
     "attack",
     "defense",
-    "experiment",
 )
 
 #: The metrics of :func:`summarize`, one row per run, after the identifying columns.
@@ -112,15 +111,10 @@ def _read_yaml(path: Path) -> Any:
         return yaml.safe_load(file)
 
 
-def _choices(run: Path, info: Mapping[str, Any]) -> dict[str, object]:
-    """The run's group choices (``attack/update`` becomes ``attack.update``), from ``run.json``
-    or, for runs written before it, from Hydra's own ``.hydra/hydra.yaml``."""
+def _choices(info: Mapping[str, Any]) -> dict[str, object]:
+    """The run's group choices from its ``run.json`` (``attack/update`` becomes
+    ``attack.update``)."""
     raw = info.get("choices")
-    if raw is None and (run / ".hydra" / "hydra.yaml").is_file():
-        try:
-            raw = _read_yaml(run / ".hydra" / "hydra.yaml")["hydra"]["runtime"]["choices"]
-        except (OSError, yaml.YAMLError, KeyError, TypeError):
-            raw = None
     if not isinstance(raw, Mapping):
         return {}
     return {
@@ -164,14 +158,8 @@ def _read_run(run: Path, name: str) -> _Run | str:
         return "metrics.csv has a non-numeric round"
     metrics = metrics.assign(round=rounds.astype(int)).sort_values("round", kind="stable")
     info = read_run_status(run) or {}
-    if info.get("status") in ("running", "complete"):
-        complete = info["status"] == "complete"
-    else:  # older runs: complete when every round is there (round 0 is the initial model)
-        num_rounds = config.get("num_rounds")
-        complete = isinstance(num_rounds, int) and len(metrics) == num_rounds + 1
-    return _Run(
-        name, metrics.reset_index(drop=True), _flatten(config), _choices(run, info), complete
-    )
+    complete = info.get("status") == "complete"
+    return _Run(name, metrics.reset_index(drop=True), _flatten(config), _choices(info), complete)
 
 
 _MISSING = object()
@@ -197,17 +185,16 @@ def gather_runs(root: str | Path) -> pd.DataFrame:
     """Every run below ``root`` as one tidy table: one row per run and round.
 
     Columns, in order: ``run`` (the run's folder relative to ``root``), ``complete``, the group
-    choices (``dataset``, ``model``, ``partition``, ``attack``, ``defense``, ``experiment``,
-    then others such as ``attack.update``), the config keys that differ between the runs
+    choices (``dataset``, ``model``, ``partition``, ``attack``, ``defense``, then others such
+    as ``attack.update``), the config keys that differ between the runs
     (flattened, e.g. ``defense.max_norm``) and always :data:`ALWAYS_KEYS`, then the metrics
     columns (``round`` first, extra columns such as ``backdoor_acc_part0`` kept). A key a run
     does not have is empty (NaN) in its rows.
 
-    A run is complete when its ``run.json`` says so; a run without one (older runs) when it
-    logged ``num_rounds + 1`` rows (round 0 is the initial model). Half-finished runs are kept
-    with ``complete = False``. A folder whose ``metrics.csv`` is empty or broken, or whose
-    ``config.yaml`` is missing or unreadable, is skipped with a :class:`SkippedRunWarning`
-    naming it; the other runs are still gathered.
+    A run is complete when its ``run.json`` says so (a run without a readable one is not).
+    Half-finished runs are kept with ``complete = False``. A folder whose ``metrics.csv`` is
+    empty or broken, or whose ``config.yaml`` is missing or unreadable, is skipped with a
+    :class:`SkippedRunWarning` naming it; the other runs are still gathered.
     """
     root = Path(root)
     runs: list[_Run] = []
@@ -250,7 +237,7 @@ def gather_runs(root: str | Path) -> pd.DataFrame:
     for name in metric_names:
         if name not in table.columns:
             table[name] = math.nan
-    # A group no run chose (e.g. `experiment` left at null) identifies nothing.
+    # A group no run chose (left at null) identifies nothing.
     choice_names = [c for c in choice_names if table[c].notna().any()]
     table = table[["run", "complete", *choice_names, *keys, *metric_names]]
     table["complete"] = table["complete"].astype(bool)

@@ -11,9 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -21,6 +19,7 @@ from typing import IO
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from fedbackdoor.files import atomic_path
 from fedbackdoor.server_step import RoundRecord
 
 #: Columns of ``metrics.csv``, in order. Accuracies are fractions in [0, 1].
@@ -129,31 +128,6 @@ def read_run_status(run_dir: str | Path) -> dict[str, object] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def atomic_path(path: str | Path) -> _AtomicPath:
-    """A temporary path in ``path``'s folder that replaces ``path`` when the block succeeds.
-
-    ``with atomic_path(out) as tmp: frame.to_csv(tmp)``: readers see the old file or the whole
-    new one, never half of it (``os.replace`` within one folder is atomic); on an error the
-    temporary file is removed and ``path`` is left as it was.
-    """
-    return _AtomicPath(Path(path))
-
-
-class _AtomicPath:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-    def __enter__(self) -> Path:
-        return self.tmp
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
 
 
 def ratio(numerator: pd.Series, denominator: pd.Series) -> float:

@@ -18,14 +18,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from fedbackdoor.attacks.poison import dba_assignment
-from fedbackdoor.data.datasets import ImageData
+from fedbackdoor.data.image_data import ImageData
 from fedbackdoor.experiment import (
     build_data,
     build_defense_pipeline,
     build_evaluator,
     build_model,
     build_partitions,
-    build_root_update,
+    build_resources,
     build_schedule,
     build_update_attack,
 )
@@ -159,8 +159,7 @@ def build_server(cfg: DictConfig, world: ServerWorld) -> ServerSetup:
         server_lr=float(cfg.server_lr),
         attack_generator=make_generator(seed, "attack"),
         defense_generator=make_generator(seed, "defense"),
-        root_update=build_root_update(cfg, world.data, partitions, trainable),
-        keep_history=bool(cfg.defense.get("history", False)),
+        resources=build_resources(cfg, world.data, partitions, trainable),
     )
     return ServerSetup(
         malicious_set=malicious_set,

@@ -3,11 +3,11 @@ in, the new global model and the round's record out.
 
 Order of the step (the threat model the harness simulates):
 
-1. the colluding attackers' server-side model poisoning (:mod:`fedbackdoor.attacks.updates`:
+1. the colluding attackers' server-side model poisoning (:mod:`fedbackdoor.attacks._contract`:
    model replacement's boost, ALIE, ...) replaces the malicious rows of the stacked updates;
 2. updates (or buffers) holding NaN or infinities are rejected and named in the record;
 3. the defense (:class:`~fedbackdoor.defenses.pipeline.Defense`) aggregates the rest; a rule whose
-   precondition fails this round (:class:`~fedbackdoor.defenses.aggregators.NotEnoughClients`)
+   precondition fails this round (:class:`~fedbackdoor.defenses.base.NotEnoughClients`)
    skips the round: the global model stays, and the record says why;
 4. the global parameters move by ``server_lr`` times the aggregate; a non-finite result is not
    applied (the round is skipped, and said so).
@@ -35,16 +35,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from fedbackdoor.defenses.aggregators import Aggregate, NotEnoughClients
+from fedbackdoor.defenses.base import Aggregate, NotEnoughClients
 from fedbackdoor.defenses.pipeline import Defense, validate_stacked
 from fedbackdoor.metrics import Detection, detection
+from fedbackdoor.round_context import RoundContext, ServerResources, StandInContext
 
 __all__ = ["RoundRecord", "ServerStep", "check_rule_runs", "weighted_buffers"]
 
 UpdateAttack = Callable[..., Tensor]
-#: ``(global_params, global_buffers, round) -> reference update [d]``: the server's own
-#: training on its root data (FLTrust).
-RootUpdate = Callable[[Tensor, Tensor, int], Tensor]
 
 
 @dataclass
@@ -90,11 +88,10 @@ class ServerStep:
         The global parameters move by ``server_lr`` times the aggregate.
     attack_generator, defense_generator : torch.Generator
         The run's random streams of the attack and of the defense.
-    root_update : callable, optional
-        The server's own update on root data, handed to the rule as ``reference`` (FLTrust).
-    keep_history : bool
-        Keep each client's sum of its past valid updates and hand the round's clients' sums to
-        the rule as ``history`` (FoolsGold); costs ``num_clients x d`` floats.
+    resources : ServerResources, optional
+        What the server lends defenses that ask for a ``context``
+        (:class:`~fedbackdoor.round_context.RoundContext`: the global model, server data, a
+        server training step); ``None``: contexts without them.
     """
 
     defense: Defense
@@ -102,9 +99,9 @@ class ServerStep:
     server_lr: float
     attack_generator: torch.Generator
     defense_generator: torch.Generator
-    root_update: RootUpdate | None = None
-    keep_history: bool = False
-    _history: dict[int, Tensor] = field(default_factory=dict, repr=False)
+    resources: ServerResources | None = None
+    #: The context built every round (benchmarks pass :class:`StandInContext`).
+    context_class: type[RoundContext] = RoundContext
 
     def __call__(
         self,
@@ -206,19 +203,16 @@ class ServerStep:
             record.skipped = "no valid update"
             return global_params, global_buffers, record
 
-        context: dict[str, Tensor] = {}
-        if self.keep_history:
-            for client, update in zip(kept_clients, valid, strict=True):
-                if client in self._history:
-                    self._history[client] += update
-                else:
-                    self._history[client] = update.clone()
-            context["history"] = torch.stack([self._history[c] for c in kept_clients])
-        if self.root_update is not None:
-            context["reference"] = self.root_update(global_params, global_buffers, record.round)
+        context = self.context_class(
+            round=record.round,
+            clients=tuple(kept_clients),
+            global_params=global_params,
+            global_buffers=global_buffers,
+            resources=self.resources,
+        )
         try:
             agg: Aggregate = self.defense(
-                valid, weights, generator=self.defense_generator, **context
+                valid, weights, generator=self.defense_generator, context=context
             )
         except NotEnoughClients as exc:  # e.g. Krum with n <= 2f + 2 after rejections
             record.skipped = str(exc)
@@ -253,16 +247,16 @@ def _kept(agg: Aggregate, buffers: Tensor, weights: Tensor) -> tuple[Tensor, Ten
 def check_rule_runs(defense: Defense, n: int, *, keys: str) -> None:
     """Stop at start, with one line, if ``defense`` can never aggregate ``n`` updates.
 
-    Runs the pipeline once on ``n`` random 64-dimensional updates (with a root update and a
-    history for the rules that take them) and turns :class:`NotEnoughClients` into a
+    Runs the pipeline once on ``n`` random 64-dimensional updates (with a stand-in context
+    whose server data and server update are random) and turns :class:`NotEnoughClients` into a
     ``ValueError`` that names ``keys`` (e.g. ``clients_per_round=10``) beside the rule's own
     requirement. ``defense`` should be a fresh pipeline: a rule that keeps state would keep the
     trial's.
     """
     generator = torch.Generator().manual_seed(0)
     updates = torch.randn(n, 64, generator=generator)
-    context = {"reference": torch.randn(64, generator=generator), "history": updates.clone()}
+    context = StandInContext.for_round(n, 64)
     try:
-        defense(updates, torch.ones(n), generator=generator, **context)
+        defense(updates, torch.ones(n), generator=generator, context=context)
     except NotEnoughClients as exc:
         raise ValueError(f"the defense cannot run with {keys}: {exc}") from None

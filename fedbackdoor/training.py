@@ -9,12 +9,22 @@ drawn from the caller's ``torch.Generator`` only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from fedbackdoor.attacks.constraints import LocalConstraint
+
+class TrainingHooks(Protocol):
+    """What the loop calls around every optimizer step, e.g. a malicious client's
+    training-time attack (:mod:`fedbackdoor.attacks.constraints`: PGD's projection, Neurotoxin's
+    mask)."""
+
+    def after_backward(self) -> None:
+        """After ``loss.backward()``, before the optimizer step (may edit the gradients)."""
+
+    def after_step(self) -> None:
+        """After every optimizer step (may edit the parameters)."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +48,7 @@ def train(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     device: torch.device | str = "cpu",
-    constraint: LocalConstraint | None = None,
+    hooks: TrainingHooks | None = None,
     steps: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with mini-batch SGD on ``(x, y)``.
@@ -60,8 +70,8 @@ def train(
     steps : int, optional
         Stop after this many optimizer steps (``epochs`` must allow at least as many): a
         fixed number of iterations, as FLTrust's server takes.
-    constraint : LocalConstraint, optional
-        A malicious client's training-time attack (:mod:`fedbackdoor.attacks.constraints`):
+    hooks : TrainingHooks, optional
+        E.g. a malicious client's training-time attack (:mod:`fedbackdoor.attacks.constraints`):
         ``after_backward`` runs before every optimizer step, ``after_step`` after it. Built
         for this model after it was moved to ``device``.
 
@@ -92,11 +102,11 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x[idx]), y[idx])
             loss.backward()
-            if constraint is not None:
-                constraint.after_backward()
+            if hooks is not None:
+                hooks.after_backward()
             optimizer.step()
-            if constraint is not None:
-                constraint.after_step()
+            if hooks is not None:
+                hooks.after_step()
             total += float(loss.detach())
             taken += 1
     return TrainResult(num_examples=n, mean_loss=total / taken, steps=taken)
@@ -123,7 +133,7 @@ def evaluate(
     """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``.
 
     Backdoor accuracy is this function's accuracy on the triggered test set (see
-    :func:`fedbackdoor.metrics.backdoor_accuracy`), so clean and backdoor figures can never be
+    :class:`fedbackdoor.metrics.Evaluator`), so clean and backdoor figures can never be
     computed differently.
 
     A prediction counts only where the model's logits are finite: the argmax of a row holding

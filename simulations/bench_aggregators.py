@@ -5,8 +5,8 @@ For n = 10, 50, 100 clients and a model of about 1.2M parameters, in one process
 
 * ``rule``: the pure function on the stacked updates (``fedbackdoor.defenses``);
 * ``step``: the Flower-free server step (:class:`~fedbackdoor.server_step.ServerStep`:
-  screening, the defense, the new global parameters; for FLTrust the server's root update is
-  a fixed vector here, its training is not timed);
+  screening, the defense, the new global parameters; FLTrust's server data and root update
+  are stand-ins here, the server's training is not timed);
 * ``ours``: the same through :class:`~fedbackdoor.fl.strategy.DefenseStrategy`, from Flower's
   reply messages to the new global model's ``ArrayRecord`` (decoding and encoding included);
 * ``flower``: the same replies through Flower's strategy with the same rule
@@ -33,11 +33,12 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Bulyan, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedbackdoor.attacks.updates import identity
+from fedbackdoor.attacks.boost import identity
 from fedbackdoor.config import CONF_DIR, compose_config
 from fedbackdoor.defenses.pipeline import Defense, build_defense
 from fedbackdoor.fl.arrays import to_record
 from fedbackdoor.fl.strategy import DefenseStrategy
+from fedbackdoor.round_context import StandInContext
 from fedbackdoor.seeding import make_generator
 from fedbackdoor.server_step import ServerStep
 
@@ -120,20 +121,16 @@ def main() -> None:
         )
         nodes = list(range(1, n + 1))
         grid = type("Grid", (), {"get_node_ids": staticmethod(lambda nodes=nodes: nodes)})()
-        reference = 0.01 * torch.randn(dim, generator=gen)  # FLTrust's server update
-
-        def root_update(
-            params: torch.Tensor, buffers: torch.Tensor, round_: int, r: torch.Tensor = reference
-        ) -> torch.Tensor:
-            return r
-
         global_params = torch.cat([v.flatten() for v in global_state.values()])
         no_buffers = torch.zeros(n, 0, dtype=torch.float64)
         for name, (defense, flower_cls) in rules(n, args.rules).items():
-            context = {"reference": reference} if name == "fltrust" else {}
+            # Server data and the server's update (FLTrust) are stand-ins: not timed.
+            context = StandInContext.for_round(n, dim)
             rule_s = best_of(
                 args.repeat,
-                lambda d=defense, u=updates, w=weights, c=context: d(u, w, generator=gen, **c),  # type: ignore[misc]
+                lambda d=defense, u=updates, w=weights, c=context: d(
+                    u, w, generator=gen, context=c
+                ),  # type: ignore[misc]
             )
             step = ServerStep(
                 defense=defense,
@@ -141,8 +138,7 @@ def main() -> None:
                 server_lr=1.0,
                 attack_generator=make_generator(0, "a"),
                 defense_generator=make_generator(0, "d"),
-                root_update=root_update if context else None,
-                keep_history=bool(compose_config([f"defense={name}"]).defense.get("history")),
+                context_class=StandInContext,
             )
             step_args = (
                 global_params,

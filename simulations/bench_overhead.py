@@ -39,15 +39,14 @@ from pathlib import Path
 
 import torch
 
+from fedbackdoor.client import ClientSpec, client_update
 from fedbackdoor.config import compose_config
 from fedbackdoor.experiment import (
-    ClientSpec,
     build_data,
     build_defense_pipeline,
     build_evaluator,
     build_model,
     build_partitions,
-    client_update,
 )
 from fedbackdoor.layout import Layout, trainable_names
 from fedbackdoor.sampling import choose_malicious, sample_round

@@ -22,9 +22,13 @@ Effects (the README's "Expected results" table gives the measured figures and wa
   below FedAvg's under a boosted attacker in every round, with main accuracy within about a
   point of the clean run's.
 * **rlr** -- the robust learning rate (Ozdayi et al. 2021, Fashion-MNIST: 10 agents, 1 corrupt
-  poisoning half of its base-class samples with a plus trigger, class 1 -> 7, the authors'
-  local training; 20 of the paper's 200 rounds): the backdoor succeeds under FedAvg and RLR
-  nearly removes it.
+  poisoning half of its base-class samples with a plus trigger, the authors' local training;
+  20 of the paper's 200 rounds): the backdoor succeeds under FedAvg and RLR nearly removes it.
+  Base class 5 (sandal) -> 7 (sneaker), as the authors' code runs it (``src/options.py``,
+  ``src/runner.sh``); with base class 1 (trouser), which the issue names, FedAvg's backdoor
+  accuracy stayed at 0.000 for the first 9 rounds here (measured), although the attacker's own
+  model reaches 0.994: one unboosted attacker among ten does not carry that harder backdoor
+  into the global model within 20 rounds.
 * **gaussian** -- Gaussian Byzantine updates from 20 % of the clients (Blanchard et al. 2017)
   break FedAvg, while the median and Multi-Krum hold main accuracy.
 """
@@ -160,7 +164,7 @@ EFFECTS = [
     ),
     Effect(
         "rlr",
-        "Ozdayi et al. 2021 (robust learning rate, Fashion-MNIST 1 -> 7)",
+        "Ozdayi et al. 2021 (robust learning rate, Fashion-MNIST 5 -> 7)",
         {
             label: [
                 "num_clients=10",
@@ -175,7 +179,7 @@ EFFECTS = [
                 "momentum=0.9",
                 "attack=badnets",
                 "attack.trigger=plus",
-                "attack.source_label=1",
+                "attack.source_label=5",
                 "attack.target_label=7",
                 "attack.poison_ratio=0.5",
                 "attack.fraction=0.1",
@@ -238,14 +242,13 @@ def exact_checks() -> list[Check]:
     import torch  # noqa: PLC0415 (the script's --help stays fast)
     from omegaconf import OmegaConf  # noqa: PLC0415
 
+    from fedbackdoor.client import ClientSpec, client_update  # noqa: PLC0415
     from fedbackdoor.config import compose_config  # noqa: PLC0415
     from fedbackdoor.defenses.pipeline import build_defense  # noqa: PLC0415
     from fedbackdoor.experiment import (  # noqa: PLC0415
-        ClientSpec,
         build_data,
         build_model,
         build_update_attack,
-        client_update,
     )
     from fedbackdoor.layout import Layout, trainable_names  # noqa: PLC0415
     from fedbackdoor.seeding import make_generator  # noqa: PLC0415

@@ -80,6 +80,7 @@ def test_multirun_sweeps_and_prints_the_sweep_dir(
             assert sum(line.startswith(f"[{job}] round ") for line in lines) == 2
 
 
+@pytest.mark.slow
 def test_invalid_value_stops_with_one_line_naming_the_key(tmp_path: Path) -> None:
     result = fedbackdoor("run", "attack.fraction=1.5", cwd=tmp_path)
 
@@ -89,6 +90,7 @@ def test_invalid_value_stops_with_one_line_naming_the_key(tmp_path: Path) -> Non
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.csv"))
 
 
+@pytest.mark.slow
 def test_unknown_option_is_named(tmp_path: Path) -> None:
     result = fedbackdoor("run", "defense=bogus", cwd=tmp_path)
 
@@ -96,6 +98,7 @@ def test_unknown_option_is_named(tmp_path: Path) -> None:
     assert "defense" in result.stderr and "bogus" in result.stderr
 
 
+@pytest.mark.slow
 def test_help_and_unknown_command() -> None:
     assert "fedbackdoor run" in fedbackdoor("--help", cwd=Path.cwd()).stdout
     bad = fedbackdoor("frobnicate", cwd=Path.cwd())

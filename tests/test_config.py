@@ -18,7 +18,7 @@ def test_default_config_composes_and_is_valid() -> None:
     validate(cfg)
     assert cfg.dataset.name == "fashion_mnist"
     assert cfg.attack.fraction == 0.1 and cfg.attack.boost == "auto"  # model replacement
-    assert cfg.defense.rule._target_.endswith("aggregators.mean")
+    assert cfg.defense.rule._target_.endswith("averaging.mean")
 
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -59,6 +59,13 @@ def test_every_documented_option_composes_and_validates(group_option: str) -> No
         ("device=tpu", "device='tpu'"),
         ("backend.client_resources.num_cpus=0", "backend.client_resources.num_cpus=0"),
         ("backend.parallel_runs=0", "backend.parallel_runs=0"),
+        ("seed=-1", "seed=-1"),
+        ("attack=pgd attack.norm_bound=0", "attack.norm_bound=0"),
+        ("attack.trigger=square attack.trigger.size=40", "attack.trigger.size=40"),
+        ("attack=label_flip attack.mode=bad", "attack.mode='bad'"),
+        ("defense=trimmed_mean defense.beta=0.7", "defense.beta=0.7"),
+        ("defense=krum defense.f=-1", "defense.f=-1"),
+        ("attack=alie attack.z=-1", "attack.z=-1"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(override: str, key: str) -> None:
@@ -71,9 +78,9 @@ def test_bad_values_are_rejected_naming_the_key(override: str, key: str) -> None
 
 def test_more_malicious_per_round_than_attackers_or_slots_is_rejected() -> None:
     # 10% of 20 clients = 2 attackers: asking for 3 in every round cannot be met.
-    with pytest.raises(ConfigError, match="attack.per_round=3 exceeds the 2 malicious"):
+    with pytest.raises(ConfigError, match=r"attack.per_round=3 .*malicious clients=2"):
         validate(compose_config(["attack.per_round=3"]))
-    with pytest.raises(ConfigError, match="attack.per_round=6 exceeds clients_per_round=5"):
+    with pytest.raises(ConfigError, match=r"attack.per_round=6 .*clients_per_round=5"):
         validate(
             compose_config(["attack.fraction=0.5", "clients_per_round=5", "attack.per_round=6"])
         )

@@ -5,16 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from fedbackdoor.config import compose_config
 from fedbackdoor.experiment import (
-    ClientSpec,
     build_data,
     build_model,
     build_partitions,
-    client_update,
+    build_resources,
+    client_steps,
 )
 
 SMALL = [
@@ -50,100 +48,14 @@ def test_partitions_cover_the_training_set_once() -> None:
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(data.y_train)))
 
 
-def test_a_malicious_client_learns_the_trigger_and_a_benign_one_does_not() -> None:
-    cfg = compose_config(SMALL)
-    cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    data = build_data(cfg)
-    model = build_model(cfg, data)
-    indices = build_partitions(cfg, data)[0]
-    target = int(cfg.attack.target_label)
-    stamped = instantiate(cfg.attack.trigger).apply(data.x_test[data.y_test != target])
-
-    def share_of_target(state: dict[str, torch.Tensor]) -> float:
-        model.load_state_dict(state)
-        return float((model(stamped).argmax(1) == target).float().mean())
-
-    start = {k: v.clone() for k, v in model.state_dict().items()}
-    bad, _ = client_update(cfg_yaml, start, ClientSpec(1, 0, True, indices))
-    good, result = client_update(cfg_yaml, start, ClientSpec(1, 0, False, indices))
-
-    assert result.num_examples == len(indices)
-    assert share_of_target(bad) > 0.9
-    assert share_of_target(good) < 0.2
-
-
-def test_client_update_is_reproducible() -> None:
-    cfg_yaml = OmegaConf.to_yaml(compose_config(SMALL), resolve=True)
-    cfg = compose_config(SMALL)
-    data = build_data(cfg)
-    start = build_model(cfg, data).state_dict()
-    spec = ClientSpec(3, 1, False, build_partitions(cfg, data)[1])
-
-    a, _ = client_update(cfg_yaml, start, spec)
-    b, _ = client_update(cfg_yaml, start, spec)
-
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _update_norm(cfg_yaml: str, state: dict[str, torch.Tensor], spec: ClientSpec) -> float:
-    new, _ = client_update(cfg_yaml, state, spec)
-    return float(torch.cat([(new[k] - state[k]).flatten() for k in state]).norm())
-
-
-def test_a_pgd_attacker_sends_an_update_of_exactly_the_bound() -> None:
-    # Prepare: benign clients of this config move far more than 0.25.
-    cfg = compose_config([*SMALL, "attack=pgd", "attack.norm_bound=0.25"])
-    cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    data = build_data(cfg)
-    state = build_model(cfg, data).state_dict()
-    indices = build_partitions(cfg, data)[0]
-
-    # Execute
-    benign = _update_norm(cfg_yaml, state, ClientSpec(1, 0, False, indices))
-    malicious = _update_norm(cfg_yaml, state, ClientSpec(1, 0, True, indices))
-
-    # Assert
-    assert benign > 0.25
-    assert malicious == pytest.approx(0.25, rel=1e-4)
-
-
-def test_attackers_train_with_their_own_epochs() -> None:
-    cfg = compose_config([*SMALL, "attack=badnets", "attack.local_epochs=2"])
-    cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    data = build_data(cfg)
-    state = build_model(cfg, data).state_dict()
-    indices = build_partitions(cfg, data)[0]
-
-    _, benign = client_update(cfg_yaml, state, ClientSpec(1, 0, False, indices))
-    _, malicious = client_update(cfg_yaml, state, ClientSpec(1, 0, True, indices))
-
-    # 5 benign epochs, 2 malicious ones over the same number of samples.
-    assert benign.steps == 5 * malicious.steps // 2
-
-
-def test_attackers_train_with_their_own_learning_rate() -> None:
-    # Prepare: one full-batch step on unpoisoned data (sign_flip poisons only the update,
-    # server side), so the client's update is exactly -lr x the same gradient.
-    overrides = ["attack=sign_flip", "local_epochs=1", "batch_size=100000", "lr=0.05"]
-    cfg = compose_config([*SMALL, *overrides, "attack.lr=0.2"])
-    cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    data = build_data(cfg)
-    state = build_model(cfg, data).state_dict()
-    indices = build_partitions(cfg, data)[0]
-
-    benign = _update_norm(cfg_yaml, state, ClientSpec(1, 0, False, indices))
-    malicious = _update_norm(cfg_yaml, state, ClientSpec(1, 0, True, indices))
-
-    assert malicious == pytest.approx(4 * benign, rel=1e-4)
-
-
-def test_fltrusts_root_update_takes_as_many_iterations_as_a_client(
+def test_the_servers_training_takes_as_many_iterations_as_a_client(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Prepare: clients of 30 samples, batch 4, 2 local epochs -> 2 x ceil(30 / 4) = 16 steps;
-    # the server's 10 root samples would give 2 x 3 = 6 steps if it trained epochs instead.
-    import fedbackdoor.experiment as experiment
-    from fedbackdoor.layout import Layout, trainable_names
+    # FLTrust's 10 root samples would give 2 x 3 = 6 steps if the server trained epochs instead.
+    import fedbackdoor.round_context as round_context
+    from fedbackdoor.layout import trainable_names
+    from fedbackdoor.round_context import RoundContext
 
     cfg = compose_config([*SMALL, "defense=fltrust", "defense.root_size=10", "batch_size=4",
                           "local_epochs=2"])  # fmt: skip
@@ -151,24 +63,30 @@ def test_fltrusts_root_update_takes_as_many_iterations_as_a_client(
     partitions = [np.arange(i * 30, i * 30 + 30) for i in range(4)]
     model = build_model(cfg, data)
     taken: list[int] = []
-    real_train = experiment.train
+    real_train = round_context.train
 
     def counting_train(*args, **kwargs):  # type: ignore[no-untyped-def]
         result = real_train(*args, **kwargs)
         taken.append(result.steps)
         return result
 
-    monkeypatch.setattr(experiment, "train", counting_train)
-    root_update = experiment.build_root_update(cfg, data, partitions, trainable_names(model))
-    layout = Layout.of(model.state_dict(), trainable_names(model))
-
-    # Execute
-    assert root_update is not None
-    reference = root_update(
-        layout.flatten(model.state_dict()), layout.flatten_buffers(model.state_dict()), 1
+    monkeypatch.setattr(round_context, "train", counting_train)
+    resources = build_resources(cfg, data, partitions, trainable_names(model))
+    layout = resources.layout
+    context = RoundContext(
+        round=1,
+        clients=(0, 1),
+        global_params=layout.flatten(model.state_dict()),
+        global_buffers=layout.flatten_buffers(model.state_dict()),
+        resources=resources,
     )
 
-    # Assert
-    assert experiment.client_steps(cfg, partitions) == 16
+    # Execute
+    x, y = context.server_data(10)
+    reference = context.server_update(x, y)
+
+    # Assert: a client's iterations; the same root data every time; a real update
+    assert client_steps(cfg, partitions) == 16
     assert taken == [16]
+    assert len(y) == 10 and context.server_data(10)[0] is x
     assert reference.shape == (layout.dim,) and float(reference.norm()) > 0

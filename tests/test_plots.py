@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import struct
+import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -251,10 +252,21 @@ def test_durability_needs_an_attack_that_stops_early(tmp_path: Path, end_round: 
     assert plot_durability(table.drop(columns="attack.end_round"), tmp_path / "d") == []
 
 
-def test_figures_are_closed_after_saving(tmp_path: Path) -> None:
-    before = len(plt.get_fignums())
+def test_plotting_leaves_pyplot_and_the_backend_alone(tmp_path: Path) -> None:
+    # Figures are plain matplotlib Figures: importing and plotting neither loads pyplot (its
+    # global figure manager) nor switches the process's backend.
+    code = (
+        # dict.__getitem__: the raw setting (reading rcParams['backend'] resolves it, which
+        # loads pyplot)
+        "import sys, matplotlib; backend = dict.__getitem__(matplotlib.rcParams, 'backend');"
+        "import fedbackdoor.plots as p, pandas as pd;"
+        f"p.plot_run(pd.DataFrame({{'round': [0, 1], 'main_acc': [0.1, 0.5], "
+        f"'backdoor_acc': [0.0, 0.2]}}), {str(tmp_path / 'r.png')!r});"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot loaded';"
+        "assert dict.__getitem__(matplotlib.rcParams, 'backend') == backend, 'backend changed'"
+    )
 
-    plot_heatmap(summary_table(poisoning_rows()), tmp_path / "h")
-    plot_poisoning_curve(summary_table(poisoning_rows()), tmp_path / "c")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
 
-    assert len(plt.get_fignums()) == before
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "r.png").stat().st_size > 0

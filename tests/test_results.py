@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from fedbackdoor.plots import plot_run
 from fedbackdoor.results import (
     SUMMARY_METRICS,
     SkippedRunWarning,
@@ -18,62 +17,22 @@ from fedbackdoor.results import (
 )
 from fedbackdoor.run_files import (
     COLUMNS,
-    MetricsWriter,
-    atomic_path,
-    detection_totals,
-    load_metrics,
 )
-
-
-def test_each_row_is_on_disk_as_soon_as_it_is_written(tmp_path: Path) -> None:
-    writer = MetricsWriter(tmp_path / "metrics.csv")
-
-    writer.write({"round": 0, "main_acc": 0.1, "backdoor_acc": 0.0, "n_clients": 0})
-    first = load_metrics(tmp_path)  # the writer is still open: a crash now keeps round 0
-    writer.write({"round": 1, "main_acc": 0.5, "backdoor_acc": 0.2, "det_tpr": math.nan})
-    writer.close()
-    both = load_metrics(tmp_path / "metrics.csv")
-
-    assert list(first.columns) == list(COLUMNS) and len(first) == 1
-    assert both["main_acc"].tolist() == [0.1, 0.5]
-    assert both["det_tpr"].isna().all()  # nan and missing are empty cells
-
-
-def test_unknown_columns_are_refused(tmp_path: Path) -> None:
-    writer = MetricsWriter(tmp_path / "m.csv")
-    with pytest.raises(KeyError, match="accuracy"):
-        writer.write({"round": 0, "accuracy": 1.0})
-    writer.close()
-
-
-def test_missing_metrics_file_names_the_path(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="metrics.csv"):
-        load_metrics(tmp_path)
-
-
-def test_plot_run_writes_a_png(tmp_path: Path) -> None:
-    table = pd.DataFrame(
-        {"round": [0, 1, 2], "main_acc": [0.1, 0.6, 0.8], "backdoor_acc": [0.0, 0.4, 0.9]}
-    )
-
-    out = plot_run(table, tmp_path / "acc.png", title="t")
-
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
 
 # --- many runs -> one tidy table ---------------------------------------------------------------
 
 
 def run_config(*, fraction: float, seed: int, defense: str = "fedavg", num_rounds: int = 3) -> dict:
     """A config shaped like the resolved run config (groups nested, Hydra's _target_s)."""
-    rule: dict[str, object] = {"_target_": f"fedbackdoor.defenses.aggregators.{defense}"}
+    target = "clustering.dnc" if defense == "dnc" else "averaging.mean"
+    rule: dict[str, object] = {"_target_": f"fedbackdoor.defenses.{target}"}
     defense_node: dict[str, object] = {"rule": rule, "pre": [], "post": []}
     if defense == "dnc":
         rule["f"] = 1
         defense_node["f"] = 1
-    update = {"_target_": "fedbackdoor.attacks.updates.scale", "_partial_": True, "boost": 3.0}
+    update = {"_target_": "fedbackdoor.attacks.boost.scale", "_partial_": True, "boost": 3.0}
     if fraction == 0:
-        update = {"_target_": "fedbackdoor.attacks.updates.identity", "_partial_": True}
+        update = {"_target_": "fedbackdoor.attacks.boost.identity", "_partial_": True}
     return {
         "dataset": {"name": "synthetic", "image_size": [12, 12]},
         "attack": {
@@ -200,22 +159,15 @@ def test_gather_runs_keeps_extra_metrics_columns(tmp_path: Path) -> None:
     assert table.loc[table["run"] == "plain", "attack"].isna().all()  # no choices known
 
 
-def test_runs_without_run_json_are_complete_when_every_round_is_there(tmp_path: Path) -> None:
+def test_a_run_without_run_json_is_never_complete(tmp_path: Path) -> None:
+    # Every round is there, but nothing says the run ended: it may have been killed after
+    # writing its last row and before saving its model.
     rows = {"main_acc": [0.1, 0.5, 0.6, 0.7], "backdoor_acc": [0.0] * 4}
-    full = write_run(tmp_path / "full", run_config(fraction=0.1, seed=0), rows, status=None)
-    short = {k: v[:3] for k, v in rows.items()}
-    write_run(tmp_path / "short", run_config(fraction=0.1, seed=1), short, status=None)
-    (full / ".hydra").mkdir()  # Hydra's own record of the choices, for runs before run.json
-    hydra_choices = {"attack": "badnets", "defense": "median", "hydra/sweeper": "basic"}
-    (full / ".hydra" / "hydra.yaml").write_text(
-        yaml.safe_dump({"hydra": {"runtime": {"choices": hydra_choices}}})
-    )
+    write_run(tmp_path / "full", run_config(fraction=0.1, seed=0), rows, status=None)
 
     table = gather_runs(tmp_path).groupby("run").first()
 
-    assert table["complete"].to_dict() == {"full": True, "short": False}
-    assert table.loc["full", "defense"] == "median"
-    assert "hydra.sweeper" not in table.columns
+    assert table["complete"].to_dict() == {"full": False}
 
 
 @pytest.mark.parametrize(
@@ -300,48 +252,3 @@ def test_summarize_threshold_and_incomplete_baselines(tmp_path: Path) -> None:
     assert summary["main_acc_drop"].isna().all()
     with pytest.raises(ValueError, match="threshold"):
         summarize(rounds, threshold=50)
-
-
-def test_atomic_path_replaces_the_file_only_on_success(tmp_path: Path) -> None:
-    target = tmp_path / "table.csv"
-    target.write_text("old")
-
-    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
-        tmp.write_text("half")
-        raise RuntimeError
-    kept = target.read_text()
-    with atomic_path(target) as tmp:
-        tmp.write_text("new")
-
-    assert kept == "old" and target.read_text() == "new"
-    assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]  # no temporary file left
-
-
-def test_detection_totals_by_hand() -> None:
-    # Round 1: 2 of 5 malicious, 1 flagged, 1 benign flagged; round 2: 1 of 4, flagged, none
-    # benign; round 3: not scored (detection columns empty).
-    metrics = pd.DataFrame(
-        {
-            "round": [0, 1, 2, 3],
-            "n_clients": [0, 5, 4, 5],
-            "n_malicious": [0, 2, 1, 1],
-            "det_tp": [None, 1, 1, None],
-            "det_fp": [None, 1, 0, None],
-        }
-    )
-
-    totals = detection_totals(metrics)
-
-    assert totals == {
-        "det_tp": 2.0,
-        "det_fp": 1.0,
-        "malicious": 3.0,
-        "benign": 6.0,
-        "det_tpr": 2 / 3,
-        "det_fpr": 1 / 6,
-    }
-
-
-def test_detection_totals_of_a_rule_that_flags_nobody_are_nan() -> None:
-    metrics = pd.DataFrame({"round": [0, 1], "n_clients": [0, 5], "n_malicious": [0, 1]})
-    assert all(math.isnan(v) for v in detection_totals(metrics).values())

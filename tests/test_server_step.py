@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from fedbackdoor.attacks.updates import chain, identity, model_replacement, scale
-from fedbackdoor.defenses.aggregators import bulyan, krum, mean
+from fedbackdoor.attacks.boost import chain, identity, model_replacement, scale
+from fedbackdoor.defenses.averaging import mean
+from fedbackdoor.defenses.distance import bulyan, krum
 from fedbackdoor.defenses.pipeline import Defense
 from fedbackdoor.defenses.transforms import clip_to_norm
 from fedbackdoor.layout import Layout, trainable_names

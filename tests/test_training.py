@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from fedbackdoor.defenses.aggregators import mean
+from fedbackdoor.defenses.averaging import mean
 from fedbackdoor.layout import Layout, trainable_names
 from fedbackdoor.models import SmallCNN
 from fedbackdoor.training import evaluate, train

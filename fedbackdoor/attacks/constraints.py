@@ -1,7 +1,7 @@
 """Attacks that shape a malicious client's local training: projected gradient descent onto an
 L2 ball (constrain-and-scale) and Neurotoxin's coordinate mask.
 
-The server-side model-poisoning attacks of :mod:`fedbackdoor.attacks.updates` see only the
+The server-side model-poisoning attacks of :mod:`fedbackdoor.attacks._contract` see only the
 finished updates; the attacks here act *during* the attacker's training, through the two hooks
 of the one training loop (:func:`fedbackdoor.training.train`): ``after_backward`` may change the
 gradients, ``after_step`` the weights. :meth:`LocalConstraint.finish` then shapes the finished
@@ -81,7 +81,7 @@ def bottom_k_mask(scores: Tensor, ratio: float) -> Tensor:
     position (stable sort), so the mask is deterministic.
     """
     if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"mask ratio must lie in [0, 1], got {ratio!r}")
+        raise ValueError(f"mask_ratio must lie in [0, 1], got mask_ratio={ratio!r}")
     flat = scores.detach().abs().flatten()
     keep = round(ratio * flat.numel())
     mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)

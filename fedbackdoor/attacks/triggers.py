@@ -27,6 +27,8 @@ from typing import SupportsIndex
 import torch
 from torch import Tensor
 
+from fedbackdoor.data.image_data import image_size_pair
+
 __all__ = ["LOCATIONS", "Trigger", "blend", "checkerboard", "pattern", "split", "square"]
 
 #: Named placements of a square trigger; the corner names keep a 1-pixel margin from the border.
@@ -206,7 +208,7 @@ def _square_mask(
     image_size: Sequence[int], size: int, location: str | Sequence[int]
 ) -> tuple[Tensor, int, int]:
     """Binary ``[H, W]`` mask of the square and the (row, col) of its top-left pixel."""
-    height, width = _image_size(image_size)
+    height, width = image_size_pair(image_size)
     size = _positive_int("size", size)
     if size > min(height, width):
         raise ValueError(f"size={size} is larger than the image ({height}, {width})")
@@ -251,13 +253,6 @@ def _top_left(
             f"({height}, {width}) image"
         )
     return row, col
-
-
-def _image_size(image_size: Sequence[int]) -> tuple[int, int]:
-    height, width = _int_pair("image_size", image_size)
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image_size must be positive, got ({height}, {width})")
-    return height, width
 
 
 def _int_pair(name: str, value: object) -> tuple[int, int]:
@@ -316,7 +311,7 @@ def pattern(
         For a ragged or empty grid, a value outside ``[0, 1]``, a grid with no opaque cell, or a
         box that does not fit the image.
     """
-    height, width = _image_size(image_size)
+    height, width = image_size_pair(image_size)
     rows = [list(row) for row in pattern]
     if not rows or not rows[0] or any(len(row) != len(rows[0]) for row in rows):
         raise ValueError(f"pattern must be a non-empty rectangular grid, got {pattern!r}")
@@ -349,7 +344,7 @@ def blend(
     ``x' = (1 - alpha) x + alpha p`` with ``p`` uniform noise in ``[0, 1]`` drawn from ``seed``,
     so attackers and the server's test share the pattern without exchanging it.
     """
-    height, width = _image_size(image_size)
+    height, width = image_size_pair(image_size)
     alpha = float(alpha)
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"alpha must lie in (0, 1], got {alpha}")

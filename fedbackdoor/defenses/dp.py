@@ -52,15 +52,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fedbackdoor.defenses.aggregators import (
+from fedbackdoor.defenses._linalg import combine, row_norms
+from fedbackdoor.defenses.base import (
     Aggregate,
+    _check_generator,
     _check_inputs,
     _is_int,
     _is_real,
     _require_clients,
     _sample_shares,
 )
-from fedbackdoor.defenses.transforms import _row_norms, add_gaussian_noise
+from fedbackdoor.defenses.transforms import add_gaussian_noise
 
 __all__ = ["adaptive_noise_parameters", "dp_adaptive_clipping", "dp_fixed_clipping"]
 
@@ -84,13 +86,6 @@ def _check_shared(rule: str, noise_multiplier: float, num_sampled_clients: int) 
         )
 
 
-def _check_generator(rule: str, generator: object) -> None:
-    if not isinstance(generator, torch.Generator):
-        raise ValueError(
-            f"{rule}: generator must be a torch.Generator, got generator={generator!r}"
-        )
-
-
 def _clipped_mean(updates: Tensor, weights: Tensor, clipping_norm: float) -> tuple[Tensor, Tensor]:
     """The sample-weighted mean of the updates clipped to ``clipping_norm``, and the float64
     norms of the updates before clipping.
@@ -98,10 +93,10 @@ def _clipped_mean(updates: Tensor, weights: Tensor, clipping_norm: float) -> tup
     Clipping is folded into the mean's coefficients, ``sum_i (s_i min(1, C / ||x_i||)) x_i``:
     the same as clipping then averaging (up to float32 rounding), without an ``[n, d]`` copy.
     """
-    norms = _row_norms(updates)
+    norms = row_norms(updates)
     factors = torch.where(norms > clipping_norm, clipping_norm / norms, 1.0)
     coefficients = _sample_shares(weights).to(norms.device) * factors
-    return coefficients.to(updates.dtype) @ updates, norms
+    return combine(updates, coefficients), norms
 
 
 def dp_fixed_clipping(

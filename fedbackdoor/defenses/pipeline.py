@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor
 
-from fedbackdoor.defenses.aggregators import Aggregate
+from fedbackdoor.defenses.base import Aggregate
 
 __all__ = ["Defense", "build_defense", "validate_stacked", "validate_updates"]
 
@@ -59,8 +59,8 @@ class Defense:
     ----------
     rule : Rule
         ``rule(updates, weights, *, generator) -> Aggregate`` with its settings already bound (a
-        ``functools.partial`` of a function in :mod:`fedbackdoor.defenses.aggregators` or
-        :mod:`fedbackdoor.defenses.detection`).
+        ``functools.partial`` of a rule of :mod:`fedbackdoor.defenses`, see
+        :mod:`fedbackdoor.defenses.base`).
     pre : Sequence[Callable]
         Each called as ``t(updates, generator=generator)`` and returning updates of the same
         shape ``[n, d]``, in order.

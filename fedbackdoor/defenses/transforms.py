@@ -22,16 +22,14 @@ Transforms never modify their input in place.
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import torch
 from torch import Tensor
 
+from fedbackdoor.defenses._linalg import median_of_sorted, row_norms
+from fedbackdoor.defenses.base import _is_real
+
 __all__ = ["add_gaussian_noise", "clip_to_median_norm", "clip_to_norm"]
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 def clip_to_norm(
@@ -66,7 +64,7 @@ def clip_to_norm(
     if not _is_real(max_norm) or not max_norm > 0:
         raise ValueError(f"clip_to_norm: max_norm must be a number > 0, got max_norm={max_norm!r}")
     _check_stacked("clip_to_norm", updates)
-    return _scale_down_to(updates, _row_norms(updates), max_norm)
+    return _scale_down_to(updates, row_norms(updates), max_norm)
 
 
 def clip_to_median_norm(
@@ -106,13 +104,10 @@ def clip_to_median_norm(
             f"got multiplier={multiplier!r}"
         )
     _check_stacked("clip_to_median_norm", updates)
-    n = updates.shape[0]
-    if n == 0:
+    if updates.shape[0] == 0:
         return updates.clone()
-    norms = _row_norms(updates)
-    ordered = torch.sort(norms).values
-    middle = n // 2
-    median_norm = ordered[middle] if n % 2 == 1 else (ordered[middle - 1] + ordered[middle]) / 2
+    norms = row_norms(updates)
+    median_norm = median_of_sorted(torch.sort(norms).values)
     return _scale_down_to(updates, norms, multiplier * float(median_norm))
 
 
@@ -122,11 +117,6 @@ def _check_stacked(transform: str, updates: Tensor) -> None:
             f"{transform}: updates must be a 2-D floating tensor [n, d], "
             f"got shape {tuple(updates.shape)} and dtype {updates.dtype}"
         )
-
-
-def _row_norms(updates: Tensor) -> Tensor:
-    # float64 norms: squaring large float32 entries would overflow to inf.
-    return torch.linalg.vector_norm(updates, dim=1, dtype=torch.float64)
 
 
 def _scale_down_to(updates: Tensor, norms: Tensor, bound: float) -> Tensor:

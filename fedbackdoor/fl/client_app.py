@@ -11,7 +11,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedbackdoor.experiment import ClientSpec, client_update, prepare_client
+from fedbackdoor.client import ClientSpec, client_update, prepare_client
 from fedbackdoor.fl.arrays import to_record, to_state_dict
 
 app = ClientApp()

@@ -273,7 +273,6 @@ def close_shared_engine(wait: bool = True) -> None:
         engine.close(wait=wait)
 
 
-
 def run_simulation(
     cfg: DictConfig, run_dir: Path, meta: Mapping[str, object] | None = None
 ) -> Path:

@@ -85,7 +85,7 @@ def test_pgd_update_never_exceeds_the_bound(bound: float) -> None:
         batch_size=8,
         lr=1.0,
         generator=torch.Generator(),
-        constraint=constraint,
+        hooks=constraint,
     )
     state = constraint.finish(model.state_dict(), anchor)
 
@@ -109,7 +109,7 @@ def test_pgd_scales_up_to_the_bound() -> None:
         batch_size=64,
         lr=1e-3,
         generator=torch.Generator(),
-        constraint=constraint,
+        hooks=constraint,
     )
     trained = _state_delta(model.state_dict(), anchor)
     state = constraint.finish(model.state_dict(), anchor)
@@ -139,7 +139,7 @@ def test_neurotoxin_changes_only_the_allowed_coordinates() -> None:
         momentum=0.9,
         weight_decay=0.1,
         generator=torch.Generator(),
-        constraint=constraint,
+        hooks=constraint,
     )
     delta = torch.cat(
         [(p.detach() - a).flatten() for p, a in zip(model.parameters(), anchor, strict=True)]
@@ -179,7 +179,7 @@ def test_neurotoxin_with_a_bound_projects_too() -> None:
         batch_size=8,
         lr=1.0,
         generator=torch.Generator(),
-        constraint=constraint,
+        hooks=constraint,
     )
     state = constraint.finish(model.state_dict(), anchor)
     assert float(_state_delta(state, anchor).norm()) <= 0.1 * (1 + 1e-5)
@@ -195,7 +195,7 @@ def test_pgd_spends_its_bound_on_the_parameters_of_a_batchnorm_model() -> None:
     constraint = pgd(model, x, y, norm_bound=0.5)
 
     # Execute
-    train(model, x, y, epochs=2, batch_size=8, lr=0.01, generator=g, constraint=constraint)
+    train(model, x, y, epochs=2, batch_size=8, lr=0.01, generator=g, hooks=constraint)
     state = constraint.finish(model.state_dict(), anchor)
 
     # Assert: the parameter delta has the bound's norm; buffers are as trained, untouched

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import DictConfig, OmegaConf
 
-from fedbackdoor.data.datasets import synthetic
 from fedbackdoor.data.partition import partition_indices, reassign_to_attackers
+from fedbackdoor.data.synthetic import synthetic
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 

@@ -1,4 +1,4 @@
-"""Tests for fedbackdoor.defenses.aggregators.centered_clip.
+"""Tests for fedbackdoor.defenses.centered_clip.
 
 The reference is the authors' ``Clipping`` aggregator (epfml/byzantine-robust-optimizer,
 ``codes/aggregator/clipping.py``): ``momentum`` starts at zeros, every iteration adds the mean of
@@ -17,14 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from fedbackdoor.defenses.aggregators import NotEnoughClients, centered_clip
-
-
-def _random_updates(seed: int, n: int, d: int) -> tuple[Tensor, Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    updates = torch.randn(n, d, generator=generator)
-    weights = torch.randint(1, 100, (n,), generator=generator).to(torch.float32)
-    return updates, weights
+from fedbackdoor.defenses.base import NotEnoughClients
+from fedbackdoor.defenses.centered_clip import centered_clip
+from tests.defenses.rounds import random_updates
 
 
 def _clipped_step(updates: Tensor, point: Tensor, tau: float) -> Tensor:
@@ -95,7 +90,7 @@ def test_centered_clip_matches_a_naive_loop(
     seed: int, n: int, d: int, tau: float, iters: int, from_zero: bool
 ) -> None:
     # Prepare
-    updates, weights = _random_updates(seed, n, d)
+    updates, weights = random_updates(seed, n, d)
     center = torch.zeros(d) if from_zero else None
 
     # Execute
@@ -117,7 +112,7 @@ def test_one_iteration_moves_the_center_by_at_most_tau(
     seed: int, n: int, d: int, tau: float
 ) -> None:
     # Prepare: whatever the updates, each pulls by at most tau / n
-    updates, weights = _random_updates(seed, n, d)
+    updates, weights = random_updates(seed, n, d)
     updates[0] *= 1e6
     center = torch.randn(d, generator=torch.Generator().manual_seed(seed))
 
@@ -131,7 +126,7 @@ def test_one_iteration_moves_the_center_by_at_most_tau(
 
 def test_many_iterations_reach_a_point_where_the_clipped_pulls_cancel() -> None:
     # Prepare
-    updates, weights = _random_updates(seed=4, n=9, d=6)
+    updates, weights = random_updates(seed=4, n=9, d=6)
 
     # Execute
     result = centered_clip(updates, weights, tau=0.5, iters=500, start="median")
@@ -143,7 +138,7 @@ def test_many_iterations_reach_a_point_where_the_clipped_pulls_cancel() -> None:
 
 def test_infinite_tau_gives_the_unweighted_mean_from_any_center() -> None:
     # Prepare
-    updates, weights = _random_updates(seed=1, n=6, d=4)
+    updates, weights = random_updates(seed=1, n=6, d=4)
 
     # Execute
     results = [
@@ -218,7 +213,7 @@ def test_centered_clip_raises_not_enough_clients_on_zero_updates() -> None:
 )
 def test_centered_clip_rejects_bad_settings(setting: dict[str, object], pattern: str) -> None:
     # Prepare
-    updates, weights = _random_updates(0, 5, 3)
+    updates, weights = random_updates(0, 5, 3)
 
     # Execute / Assert
     with pytest.raises(ValueError, match=pattern) as raised:

@@ -38,21 +38,19 @@ from flwr.supercore.differential_privacy import (
 from flwr.supercore.task_identity import TaskIdentity
 from torch import Tensor
 
-from fedbackdoor.defenses.aggregators import NotEnoughClients, mean
+from fedbackdoor.defenses.averaging import mean
+from fedbackdoor.defenses.base import NotEnoughClients
 from fedbackdoor.defenses.dp import (
     adaptive_noise_parameters,
     dp_adaptive_clipping,
     dp_fixed_clipping,
 )
 from fedbackdoor.defenses.transforms import clip_to_norm
-
-
-def _seeded(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from tests.defenses.rounds import seeded
 
 
 def _random_updates(seed: int, n: int, d: int) -> tuple[Tensor, Tensor]:
-    generator = _seeded(seed)
+    generator = seeded(seed)
     updates = torch.randn(n, d, generator=generator) * torch.rand(n, 1, generator=generator) * 3
     weights = torch.randint(1, 100, (n,), generator=generator).to(torch.float32)
     return updates, weights
@@ -87,7 +85,7 @@ def test_fixed_clipping_without_noise_is_clipping_then_the_weighted_mean() -> No
         noise_multiplier=0.0,
         clipping_norm=1.0,
         num_sampled_clients=9,
-        generator=_seeded(),
+        generator=seeded(),
     )
 
     # Assert: clipping is folded into the mean's coefficients, equal up to float32 rounding
@@ -108,7 +106,7 @@ def test_fixed_clipping_by_hand() -> None:
         noise_multiplier=0.0,
         clipping_norm=1.0,
         num_sampled_clients=3,
-        generator=_seeded(),
+        generator=seeded(),
     )
 
     # Assert: (0.6, 0.8), (0, 0.5), (-1, 0) weighted 1, 2, 1: (-0.4, 1.8) / 4 ; influence the
@@ -127,11 +125,11 @@ def test_fixed_clipping_noise_std_is_z_times_c_over_m_as_flowers() -> None:
         "num_sampled_clients": 10,
     }
     clean = dp_fixed_clipping(
-        updates, weights, **settings | {"noise_multiplier": 0.0}, generator=_seeded()
+        updates, weights, **settings | {"noise_multiplier": 0.0}, generator=seeded()
     )
 
     # Execute
-    noised = dp_fixed_clipping(updates, weights, **settings, generator=_seeded(3))
+    noised = dp_fixed_clipping(updates, weights, **settings, generator=seeded(3))
 
     # Assert: 0.8 x 2 / 10 = 0.16, Flower's compute_stdv
     expected = compute_stdv(0.8, 2.0, 10)
@@ -164,11 +162,11 @@ def test_the_same_generator_seed_gives_the_same_result(rule: str) -> None:
             state={},
         ).update
 
-    generator = _seeded(5)
+    generator = seeded(5)
     before = generator.get_state()
 
     # Execute
-    first, second, other = run(generator), run(_seeded(5)), run(_seeded(6))
+    first, second, other = run(generator), run(seeded(5)), run(seeded(6))
 
     # Assert
     assert not torch.equal(generator.get_state(), before)
@@ -195,7 +193,7 @@ def test_flowers_clipping_gives_the_same_clipped_updates() -> None:
         noise_multiplier=0.0,
         clipping_norm=1.5,
         num_sampled_clients=8,
-        generator=_seeded(),
+        generator=seeded(),
     )
 
     # Assert: Flower subtracts and adds the current model back in float32, a few ulps of 1
@@ -250,7 +248,7 @@ def test_a_noise_multiplier_the_count_cannot_afford_is_refused_as_by_flower(
             noise_multiplier=noise_multiplier,
             num_sampled_clients=num_sampled_clients,
             clipped_count_stddev=clipped_count_stddev,
-            generator=_seeded(),
+            generator=seeded(),
             state={},
         )
 
@@ -285,7 +283,7 @@ def test_one_round_with_most_updates_clipped_moves_the_norm_up_where_flower_move
 
     # Execute
     flower._geometric_update(flower._noisy_fraction(clipped, len(updates)))
-    dp_adaptive_clipping(updates, torch.ones(10), **settings, generator=_seeded(), state=state)
+    dp_adaptive_clipping(updates, torch.ones(10), **settings, generator=seeded(), state=state)
 
     # Assert: Flower: clipped fraction 0.8 -> exp(-0.2 (0.8 - 0.5)) = 0.9418 ; ours: unclipped
     # fraction 0.2 -> exp(-0.2 (0.2 - 0.5)) = 1.0618
@@ -304,7 +302,7 @@ def test_flowers_wrapper_noises_with_the_norm_it_has_just_updated(
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     n, d = 10, 100_000
-    generator = _seeded(7)
+    generator = seeded(7)
     updates = torch.randn(n, d, generator=generator)
     updates = 10 * updates / updates.norm(dim=1, keepdim=True)
     settings: dict[str, Any] = {
@@ -338,9 +336,7 @@ def test_flowers_wrapper_noises_with_the_norm_it_has_just_updated(
 
     # Execute
     arrays, _ = wrapper.aggregate_train(1, replies)
-    ours = dp_adaptive_clipping(
-        updates, torch.ones(n), **settings, generator=_seeded(), state=state
-    )
+    ours = dp_adaptive_clipping(updates, torch.ones(n), **settings, generator=seeded(), state=state)
 
     # Assert: Flower's noise has the std of its *new* norm (~exp(-0.5) = 0.61), ours of the
     # round's norm 1, the one the updates were clipped to
@@ -373,7 +369,7 @@ def test_adaptive_clipping_by_hand() -> None:
         initial_clipping_norm=1.0,
         target_clipped_quantile=0.5,
         clip_norm_lr=0.2,
-        generator=_seeded(),
+        generator=seeded(),
         state=state,
     )
 
@@ -403,7 +399,7 @@ def test_adaptive_clipping_keeps_its_norm_in_the_state_and_noises_with_the_round
             noise_multiplier=0.5,
             num_sampled_clients=n,
             clipped_count_stddev=1.0,
-            generator=_seeded(round_number),
+            generator=seeded(round_number),
             state=state,
         )
         stds.append(float((result.update - norms[-1] * clean_direction).double().std()))
@@ -418,7 +414,7 @@ def test_adaptive_clipping_keeps_its_norm_in_the_state_and_noises_with_the_round
 
 def _rounds_of_lognormal_norms(seed: int, rounds: int, n: int, d: int) -> list[Tensor]:
     """Updates in random directions with norms exp(N(0, 0.5^2)), around 1."""
-    generator = _seeded(seed)
+    generator = seeded(seed)
     result = []
     for _ in range(rounds):
         directions = torch.randn(n, d, generator=generator)
@@ -444,7 +440,7 @@ def test_the_norm_converges_to_the_target_quantile_of_the_update_norms(target: f
             num_sampled_clients=20,
             target_clipped_quantile=target,
             clipped_count_stddev=0.0,
-            generator=_seeded(),
+            generator=seeded(),
             state=state,
         )
         history.append(state["clipping_norm"])
@@ -501,7 +497,7 @@ def test_the_clipped_count_noise_comes_from_the_generator() -> None:
             noise_multiplier=0.0,
             num_sampled_clients=10,
             clipped_count_stddev=2.0,
-            generator=_seeded(seed),
+            generator=seeded(seed),
             state=state,
         )
         return float(state["clipping_norm"])
@@ -534,7 +530,7 @@ def test_fixed_clipping_rejects_bad_settings(setting: dict[str, Any], pattern: s
         "noise_multiplier": 0.1,
         "clipping_norm": 1.0,
         "num_sampled_clients": 5,
-        "generator": _seeded(),
+        "generator": seeded(),
     } | setting
 
     # Execute / Assert
@@ -562,7 +558,7 @@ def test_adaptive_clipping_rejects_bad_settings(setting: dict[str, Any], pattern
     settings: dict[str, Any] = {
         "noise_multiplier": 0.1,
         "num_sampled_clients": 10,
-        "generator": _seeded(),
+        "generator": seeded(),
         "state": {},
     } | setting
 
@@ -586,7 +582,7 @@ def test_dp_rules_raise_not_enough_clients_on_zero_updates(rule: str) -> None:
                 noise_multiplier=0.1,
                 clipping_norm=1.0,
                 num_sampled_clients=5,
-                generator=_seeded(),
+                generator=seeded(),
             )
         else:
             dp_adaptive_clipping(
@@ -594,6 +590,6 @@ def test_dp_rules_raise_not_enough_clients_on_zero_updates(rule: str) -> None:
                 weights,
                 noise_multiplier=0.1,
                 num_sampled_clients=5,
-                generator=_seeded(),
+                generator=seeded(),
                 state={},
             )

@@ -1,4 +1,4 @@
-"""Tests for fedbackdoor.defenses.aggregators.geometric_median (RFA)."""
+"""Tests for fedbackdoor.defenses.geometric_median (RFA)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from fedbackdoor.defenses.aggregators import NotEnoughClients, geometric_median
-
-
-def _random_updates(seed: int, n: int, d: int) -> tuple[Tensor, Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    updates = torch.randn(n, d, generator=generator)
-    weights = torch.randint(1, 100, (n,), generator=generator).to(torch.float32)
-    return updates, weights
+from fedbackdoor.defenses.base import NotEnoughClients
+from fedbackdoor.defenses.geometric_median import geometric_median
+from tests.defenses.rounds import random_updates
 
 
 def _pull(updates: Tensor, weights: Tensor, point: Tensor, *, without: int | None = None) -> float:
@@ -98,7 +93,7 @@ def test_geometric_median_by_hand() -> None:
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(3, 12), d=st.integers(2, 16))
 def test_unit_vectors_to_the_inputs_sum_to_zero(seed: int, n: int, d: int) -> None:
     # Prepare: random points in d >= 2 with equal weights
-    updates, _ = _random_updates(seed, n, d)
+    updates, _ = random_updates(seed, n, d)
     weights = torch.ones(n)
 
     # Execute: Weiszfeld converges slowly on some small configurations (the worst of 2000
@@ -114,7 +109,7 @@ def test_unit_vectors_to_the_inputs_sum_to_zero(seed: int, n: int, d: int) -> No
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 12), d=st.integers(1, 16))
 def test_optimality_condition_holds_with_sample_weights(seed: int, n: int, d: int) -> None:
     # Prepare: unequal weights; a heavy client (or d = 1) can put the median on an input
-    updates, weights = _random_updates(seed, n, d)
+    updates, weights = random_updates(seed, n, d)
 
     # Execute
     result = geometric_median(updates, weights, max_iter=10_000, tol=1e-9).update
@@ -126,7 +121,7 @@ def test_optimality_condition_holds_with_sample_weights(seed: int, n: int, d: in
 @pytest.mark.parametrize("seed", range(5))
 def test_default_settings_converge_on_a_typical_round(seed: int) -> None:
     # Prepare: 20 clients, d = 1000
-    updates, weights = _random_updates(seed, 20, 1000)
+    updates, weights = random_updates(seed, 20, 1000)
 
     # Execute
     result = geometric_median(updates, weights)
@@ -139,7 +134,7 @@ def test_default_settings_converge_on_a_typical_round(seed: int) -> None:
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 12), d=st.integers(1, 16))
 def test_geometric_median_matches_a_naive_weiszfeld_loop(seed: int, n: int, d: int) -> None:
     # Prepare
-    updates, weights = _random_updates(seed, n, d)
+    updates, weights = random_updates(seed, n, d)
 
     # Execute
     fast = geometric_median(updates, weights, max_iter=50, eps=1e-6, tol=1e-9).update
@@ -253,7 +248,7 @@ def test_geometric_median_raises_not_enough_clients_on_zero_updates() -> None:
 )
 def test_geometric_median_rejects_bad_settings(setting: dict[str, float], pattern: str) -> None:
     # Prepare
-    updates, weights = _random_updates(0, 5, 3)
+    updates, weights = random_updates(0, 5, 3)
 
     # Execute / Assert
     with pytest.raises(ValueError, match=pattern) as raised:

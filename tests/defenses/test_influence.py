@@ -18,37 +18,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from fedbackdoor.defenses.aggregators import (
-    _BLOCK_COLUMNS,
-    Aggregate,
-    _bulyan_selection,
-    bulyan,
-    centered_clip,
-    geometric_median,
-    krum,
-    krum_scores,
-    mean,
-    median,
-    pairwise_squared_distances,
-    trimmed_mean,
-)
-from fedbackdoor.defenses.detection import dnc, flame, fltrust, foolsgold, rlr
+from fedbackdoor.defenses._linalg import BLOCK_COLUMNS, pairwise_squared_distances
+from fedbackdoor.defenses.averaging import mean
+from fedbackdoor.defenses.base import Aggregate
+from fedbackdoor.defenses.centered_clip import centered_clip
+from fedbackdoor.defenses.clustering import dnc, flame
+from fedbackdoor.defenses.coordinatewise import median, trimmed_mean
+from fedbackdoor.defenses.distance import _bulyan_selection, bulyan, krum, krum_scores
 from fedbackdoor.defenses.dp import dp_adaptive_clipping, dp_fixed_clipping
+from fedbackdoor.defenses.geometric_median import geometric_median
 from fedbackdoor.defenses.pipeline import Defense
+from fedbackdoor.defenses.robust_lr import rlr
 from fedbackdoor.defenses.transforms import clip_to_norm
+from fedbackdoor.defenses.trust import fltrust, foolsgold
+from tests.defenses.rounds import f64, random_updates
 
 SQRT3 = math.sqrt(3.0)
-
-
-def _random_updates(seed: int, n: int, d: int) -> tuple[Tensor, Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    updates = torch.randn(n, d, generator=generator)
-    weights = torch.randint(1, 100, (n,), generator=generator).to(torch.float32)
-    return updates, weights
-
-
-def _f64(*values: float) -> Tensor:
-    return torch.tensor(values, dtype=torch.float64)
 
 
 # Every rule with its settings, called as rule(updates, weights, generator=..., **context).
@@ -99,7 +84,7 @@ def test_influence_is_a_float64_share_per_client_summing_to_one(
     name: str, seed: int, n: int, d: int
 ) -> None:
     # Prepare
-    updates, weights = _random_updates(seed, n, d)
+    updates, weights = random_updates(seed, n, d)
 
     # Execute
     influence = _run(name, updates, weights).influence
@@ -125,7 +110,7 @@ def test_influence_is_permutation_equivariant(
     name: str, seed: int, n: int, d: int, data: st.DataObject
 ) -> None:
     # Prepare: random updates have no ties, so stable order never decides
-    updates, weights = _random_updates(seed, n, d)
+    updates, weights = random_updates(seed, n, d)
     permutation = torch.tensor(data.draw(st.permutations(range(n))))
 
     # Execute
@@ -141,7 +126,7 @@ def test_influence_is_permutation_equivariant(
 @given(seed=st.integers(0, 2**31 - 1), f=st.integers(0, 3), extra=st.integers(1, 5))
 def test_krums_selected_client_gets_influence_one(seed: int, f: int, extra: int) -> None:
     # Prepare
-    updates, weights = _random_updates(seed, 2 * f + 2 + extra, 6)
+    updates, weights = random_updates(seed, 2 * f + 2 + extra, 6)
 
     # Execute
     result = krum(updates, weights, f=f)
@@ -161,7 +146,7 @@ def test_krums_selected_client_gets_influence_one(seed: int, f: int, extra: int)
 )
 def test_rules_averaging_whole_updates_return_the_influence_combination(name: str) -> None:
     # Prepare
-    updates, weights = _random_updates(3, 9, 7)
+    updates, weights = random_updates(3, 9, 7)
 
     # Execute
     result = _run(name, updates, weights)
@@ -175,7 +160,7 @@ def test_rules_averaging_whole_updates_return_the_influence_combination(name: st
 def test_a_transform_before_the_mean_keeps_the_means_influence() -> None:
     # Prepare: clip + FedAvg, the "clip" defense
     defense = Defense(rule=mean, pre=[functools.partial(clip_to_norm, max_norm=0.5)])
-    updates, weights = _random_updates(4, 5, 3)
+    updates, weights = random_updates(4, 5, 3)
 
     # Execute
     result = defense(updates, weights, generator=torch.Generator())
@@ -196,7 +181,7 @@ def test_mean_influence_by_hand() -> None:
 
     # Assert: the sample shares 1/4, 1/4, 2/4
     assert result.influence is not None
-    torch.testing.assert_close(result.influence, _f64(0.25, 0.25, 0.5))
+    torch.testing.assert_close(result.influence, f64(0.25, 0.25, 0.5))
 
 
 def test_median_influence_by_hand_odd_n() -> None:
@@ -209,7 +194,7 @@ def test_median_influence_by_hand_odd_n() -> None:
     # Assert: column 0 sorted 1, 3, 7 -> 3 from row 2 ; column 1 sorted 2, 5, 9 -> 5 from row 0
     # -> each of rows 0 and 2 gave one of the 2 coordinates
     assert result.influence is not None
-    torch.testing.assert_close(result.influence, _f64(0.5, 0.0, 0.5))
+    torch.testing.assert_close(result.influence, f64(0.5, 0.0, 0.5))
 
 
 def test_median_influence_by_hand_even_n() -> None:
@@ -223,7 +208,7 @@ def test_median_influence_by_hand_even_n() -> None:
     # 25 (0), 30 (3) -> middle pair rows 2 and 0 ; 1/2 each per coordinate, averaged:
     # row 0 (0 + 1/2) / 2, row 1 (1/2 + 0) / 2, row 2 (1/2 + 1/2) / 2, row 3 0
     assert result.influence is not None
-    torch.testing.assert_close(result.influence, _f64(0.25, 0.25, 0.5, 0.0))
+    torch.testing.assert_close(result.influence, f64(0.25, 0.25, 0.5, 0.0))
 
 
 def test_median_influence_credits_equal_values_by_stable_sort_position() -> None:
@@ -235,7 +220,7 @@ def test_median_influence_credits_equal_values_by_stable_sort_position() -> None
 
     # Assert: the middle position 1 holds row 1 in column 0 and row 0 in column 1
     assert result.influence is not None
-    torch.testing.assert_close(result.influence, _f64(0.5, 0.5, 0.0))
+    torch.testing.assert_close(result.influence, f64(0.5, 0.5, 0.0))
 
 
 def test_trimmed_mean_influence_by_hand() -> None:
@@ -249,11 +234,11 @@ def test_trimmed_mean_influence_by_hand() -> None:
     # 4 (1), 50 (2) keeps rows 3, 0, 1 ; 1/3 per kept value, averaged over 2 coordinates:
     # row 0 1/6, row 1 1/3, row 2 1/6, row 3 1/3, row 4 0
     assert result.influence is not None
-    torch.testing.assert_close(result.influence, _f64(1 / 6, 1 / 3, 1 / 6, 1 / 3, 0.0))
+    torch.testing.assert_close(result.influence, f64(1 / 6, 1 / 3, 1 / 6, 1 / 3, 0.0))
 
 
 def test_krum_influence_by_hand() -> None:
-    # Prepare: the case of test_aggregators.test_krum_by_hand
+    # Prepare: the case of test_distance.test_krum_by_hand
     updates = torch.tensor([[0.0], [1.0], [2.5], [3.0], [100.0]])
 
     # Execute
@@ -262,12 +247,12 @@ def test_krum_influence_by_hand() -> None:
 
     # Assert: Krum selects 2.5 ; Multi-Krum 2.5, 1 and 3
     assert single.influence is not None and multi.influence is not None
-    torch.testing.assert_close(single.influence, _f64(0, 0, 1, 0, 0))
-    torch.testing.assert_close(multi.influence, _f64(0, 1 / 3, 1 / 3, 1 / 3, 0))
+    torch.testing.assert_close(single.influence, f64(0, 0, 1, 0, 0))
+    torch.testing.assert_close(multi.influence, f64(0, 1 / 3, 1 / 3, 1 / 3, 0))
 
 
 def test_bulyan_influence_by_hand() -> None:
-    # Prepare: the case of test_bulyan.test_bulyan_by_hand (f = 1, n = 7)
+    # Prepare: the case of test_distance.test_bulyan_by_hand (f = 1, n = 7)
     updates = torch.tensor([[5.0], [20.0], [0.0], [8.0], [1.0], [-10.0], [2.0]])
 
     # Execute
@@ -276,7 +261,7 @@ def test_bulyan_influence_by_hand() -> None:
     # Assert: selected 5, 0, 8, 1, 2 (20 and -10 left out) ; beta = 5 - 2 = 3 values closest to
     # the median 2: 2, 1, 0 (rows 6, 4, 2), 1/3 each
     assert result.influence is not None
-    torch.testing.assert_close(result.influence, _f64(0, 0, 1 / 3, 0, 1 / 3, 0, 1 / 3))
+    torch.testing.assert_close(result.influence, f64(0, 0, 1 / 3, 0, 1 / 3, 0, 1 / 3))
 
 
 def test_geometric_median_influence_by_hand_for_two_weighted_points() -> None:
@@ -292,12 +277,12 @@ def test_geometric_median_influence_by_hand_for_two_weighted_points() -> None:
     # Assert: start at the median 0.5, distances 0.5, 0.5 -> b = (1/4, 3/4) / 0.5 -> shares
     # (1/4, 3/4), v = 0.75 ; distances 0.75, 0.25 -> b = (1/3, 3) -> (1/10, 9/10), v = 0.9 ;
     # the weighted geometric median is 1, the point holding more than half the weight
-    for result, expected in ((one, _f64(0.25, 0.75)), (two, _f64(0.1, 0.9))):
+    for result, expected in ((one, f64(0.25, 0.75)), (two, f64(0.1, 0.9))):
         assert result.influence is not None
         torch.testing.assert_close(result.influence, expected)
         torch.testing.assert_close(result.update.double(), expected[1:], rtol=1e-6, atol=0)
     assert converged.influence is not None
-    torch.testing.assert_close(converged.influence, _f64(0.0, 1.0), rtol=0, atol=1e-4)
+    torch.testing.assert_close(converged.influence, f64(0.0, 1.0), rtol=0, atol=1e-4)
 
 
 def test_geometric_median_influence_of_an_equilateral_triangle_is_a_third_each() -> None:
@@ -323,7 +308,7 @@ def test_geometric_median_that_stops_at_the_median_has_the_medians_influence() -
     # loop stops before the first step, and the median came from row 1
     torch.testing.assert_close(result.update, torch.tensor([1.0]))
     assert result.influence is not None
-    torch.testing.assert_close(result.influence, _f64(0, 1, 0))
+    torch.testing.assert_close(result.influence, f64(0, 1, 0))
 
 
 def test_centered_clip_influence_by_hand_from_the_median() -> None:
@@ -338,7 +323,7 @@ def test_centered_clip_influence_by_hand_from_the_median() -> None:
     # = 2 - 0.2 - 0.2 + 0.1 + 0.2 = 1.9 ; influence (1 - 0.725) mu + c with mu = e_2
     torch.testing.assert_close(result.update, torch.tensor([1.9]))
     assert result.influence is not None
-    torch.testing.assert_close(result.influence, _f64(0.1, 0.2, 0.475, 0.2, 0.025))
+    torch.testing.assert_close(result.influence, f64(0.1, 0.2, 0.475, 0.2, 0.025))
 
 
 def test_centered_clip_influence_after_several_iterations_counts_every_pull() -> None:
@@ -353,14 +338,14 @@ def test_centered_clip_influence_after_several_iterations_counts_every_pull() ->
     # sum 23/30 ; c <- c + s - (sum s) c = (7/30) c + s
     #   = (7/90 + 1/3, 7/90 + 1/3, 7/360 + 1/10) = (37/90, 37/90, 43/360)
     # influence c / sum c, sum = 148/360 + 148/360 + 43/360 = 339/360
-    c = _f64(148 / 360, 148 / 360, 43 / 360)
+    c = f64(148 / 360, 148 / 360, 43 / 360)
     assert result.influence is not None
     torch.testing.assert_close(result.influence, c / c.sum())
     torch.testing.assert_close(result.update.double(), c @ updates.double(), rtol=1e-6, atol=0)
 
 
 def test_foolsgold_influence_by_hand() -> None:
-    # Prepare: the case of test_detection.test_foolsgold_by_hand, alpha = (0.5, 0.5, 1)
+    # Prepare: the case of test_trust.test_foolsgold_by_hand, alpha = (0.5, 0.5, 1)
     updates = torch.tensor([[2.0, 0.0], [1.0, SQRT3], [-2 * SQRT3, 2.0]])
 
     # Execute
@@ -368,7 +353,7 @@ def test_foolsgold_influence_by_hand() -> None:
 
     # Assert: alpha / sum alpha (sample counts unused)
     assert result.influence is not None
-    torch.testing.assert_close(result.influence, _f64(0.25, 0.25, 0.5))
+    torch.testing.assert_close(result.influence, f64(0.25, 0.25, 0.5))
 
 
 def test_a_rule_that_trusts_nobody_gives_nobody_influence() -> None:
@@ -384,7 +369,7 @@ def test_a_rule_that_trusts_nobody_gives_nobody_influence() -> None:
 
 
 def test_flame_influence_by_hand() -> None:
-    # Prepare: the case of test_detection.test_flame_by_hand: {x1, x2, x3} admitted
+    # Prepare: the case of test_clustering.test_flame_by_hand: {x1, x2, x3} admitted
     updates = torch.tensor(
         [
             [3.0, 3.0, 0.0, 0.0, 0.0],
@@ -400,7 +385,7 @@ def test_flame_influence_by_hand() -> None:
 
     # Assert: the unweighted mean of the clipped admitted updates, 1/3 each (x1 was clipped)
     assert result.influence is not None
-    torch.testing.assert_close(result.influence, _f64(1 / 3, 1 / 3, 1 / 3, 0, 0))
+    torch.testing.assert_close(result.influence, f64(1 / 3, 1 / 3, 1 / 3, 0, 0))
 
 
 def test_rlr_influence_is_the_sample_shares() -> None:
@@ -412,11 +397,11 @@ def test_rlr_influence_is_the_sample_shares() -> None:
 
     # Assert
     assert result.influence is not None
-    torch.testing.assert_close(result.influence, _f64(1, 1, 1, 1, 2) / 6)
+    torch.testing.assert_close(result.influence, f64(1, 1, 1, 1, 2) / 6)
 
 
 def test_dnc_influence_by_hand() -> None:
-    # Prepare: the case of test_detection.test_dnc_by_hand: client 3 removed
+    # Prepare: the case of test_clustering.test_dnc_by_hand: client 3 removed
     updates = torch.tensor([[1.0, 0.0], [3.0, 0.0], [-1.0, 0.0], [1.0, 10.0]])
 
     # Execute
@@ -424,11 +409,11 @@ def test_dnc_influence_by_hand() -> None:
 
     # Assert: the unweighted mean of the good set
     assert result.influence is not None
-    torch.testing.assert_close(result.influence, _f64(1 / 3, 1 / 3, 1 / 3, 0))
+    torch.testing.assert_close(result.influence, f64(1 / 3, 1 / 3, 1 / 3, 0))
 
 
 def test_fltrust_influence_by_hand() -> None:
-    # Prepare: the case of test_detection.test_fltrust_by_hand: trust 1, 0.8, 0, 0
+    # Prepare: the case of test_trust.test_fltrust_by_hand: trust 1, 0.8, 0, 0
     updates = torch.tensor([[6.0, 8.0], [0.0, 2.0], [-3.0, -4.0], [4.0, -3.0]])
 
     # Execute
@@ -436,7 +421,7 @@ def test_fltrust_influence_by_hand() -> None:
 
     # Assert: the trust shares, not the rescaling factors ||g0|| / ||x_i|| (1/2 and 5/2)
     assert result.influence is not None
-    torch.testing.assert_close(result.influence, _f64(1 / 1.8, 0.8 / 1.8, 0, 0))
+    torch.testing.assert_close(result.influence, f64(1 / 1.8, 0.8 / 1.8, 0, 0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -540,7 +525,7 @@ def test_bulyan_influence_matches_a_naive_loop_with_ties(
     # Execute
     result = bulyan(updates, torch.ones(n), f=f)
 
-    # Assert: the selection is bulyan's own (tested in test_bulyan.py); the clients left out
+    # Assert: the selection is bulyan's own (tested in test_distance.py); the clients left out
     # get 0 (in the naive loop too)
     assert result.influence is not None and result.flagged is None
     selected = _bulyan_selection(pairwise_squared_distances(updates), f).tolist()
@@ -552,7 +537,7 @@ def test_bulyan_influence_matches_a_naive_loop_with_ties(
 @pytest.mark.parametrize("name", ["median", "trimmed_mean", "bulyan"])
 def test_coordinatewise_influence_over_several_column_blocks(name: str) -> None:
     # Prepare: 2 full blocks and a partial one, ties in some columns
-    d = 2 * _BLOCK_COLUMNS + 5
+    d = 2 * BLOCK_COLUMNS + 5
     updates = torch.randn(7, d, generator=torch.Generator().manual_seed(0))
     updates[:, ::7] = torch.round(updates[:, ::7])
 

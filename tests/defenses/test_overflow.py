@@ -2,9 +2,10 @@
 
 A row of 1e25 has squares (1e50) beyond float32's range, and 3e38 is close to float32's largest
 value: float32 products of such a row are inf. Measured on the cases below before the float64
-fallback of ``_gram_in_blocks``: the outlier's distances came out inf (1e25) or
-``inf - inf = nan`` (3e38) in all 9 placements, and Bulyan's recursive Krum selected the
-outlier in 6 of them for 1e25 and 5 for 3e38 (Krum and Multi-Krum happened not to).
+fallback of ``centred_gram(..., precision="native")`` (fedbackdoor.defenses._linalg): the
+outlier's distances came out inf (1e25) or ``inf - inf = nan`` (3e38) in all 9 placements, and
+Bulyan's recursive Krum selected the outlier in 6 of them for 1e25 and 5 for 3e38 (Krum and
+Multi-Krum happened not to).
 """
 
 from __future__ import annotations
@@ -16,13 +17,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from fedbackdoor.defenses.aggregators import (
-    Aggregate,
-    _bulyan_selection,
-    bulyan,
-    krum,
-    pairwise_squared_distances,
-)
+from fedbackdoor.defenses._linalg import pairwise_squared_distances
+from fedbackdoor.defenses.base import Aggregate
+from fedbackdoor.defenses.distance import _bulyan_selection, bulyan, krum
 
 SIZES = [1e25, 3e38]
 

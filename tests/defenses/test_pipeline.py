@@ -12,9 +12,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from fedbackdoor.defenses.aggregators import Aggregate, NotEnoughClients, krum, mean
+from fedbackdoor.defenses.averaging import mean
+from fedbackdoor.defenses.base import Aggregate, NotEnoughClients
+from fedbackdoor.defenses.distance import krum
 from fedbackdoor.defenses.pipeline import Defense, build_defense, validate_updates
 from fedbackdoor.defenses.transforms import add_gaussian_noise, clip_to_norm
+from fedbackdoor.round_context import StandInContext
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DEFENSE_FILES = sorted((CONF_DIR / "defense").glob("*.yaml"))
@@ -66,12 +69,12 @@ def test_every_defense_config_builds_and_runs(path: Path) -> None:
     updates = torch.randn(7, 5, generator=generator)
     weights = torch.arange(1, 8, dtype=torch.float32)
 
-    # The server's root update, for defenses that ask for one (FLTrust's root_size).
-    context = {} if cfg.get("root_size") is None else {"reference": torch.randn(5)}
+    # The round's context, for the defenses that ask for one (FLTrust, FoolsGold)
+    context = StandInContext.for_round(7, 5)
 
     # Execute
     defense = build_defense(cfg)
-    result = defense(updates, weights, generator=generator, **context)
+    result = defense(updates, weights, generator=generator, context=context)
 
     # Assert
     assert isinstance(defense, Defense)
@@ -215,7 +218,12 @@ def test_new_config_settings_reach_the_functions(
 
     # Execute / Assert
     with pytest.raises(ValueError, match=pattern):
-        defense(torch.randn(7, 2), torch.ones(7), generator=torch.Generator())
+        defense(
+            torch.randn(7, 2),
+            torch.ones(7),
+            generator=torch.Generator(),
+            context=StandInContext.for_round(7, 2),
+        )
 
 
 def test_centered_clip_config_starts_from_the_previous_rounds_aggregate() -> None:
@@ -331,7 +339,7 @@ def test_bad_config_setting_raises_value_error_when_run() -> None:
 def test_build_defense_treats_missing_pre_and_post_as_empty() -> None:
     # Prepare
     cfg = OmegaConf.create(
-        {"rule": {"_target_": "fedbackdoor.defenses.aggregators.mean", "_partial_": True}}
+        {"rule": {"_target_": "fedbackdoor.defenses.averaging.mean", "_partial_": True}}
     )
 
     # Execute
@@ -347,7 +355,7 @@ def test_build_defense_rejects_a_rule_that_is_not_partial() -> None:
     cfg = OmegaConf.create(
         {
             "rule": {
-                "_target_": "fedbackdoor.defenses.aggregators.Aggregate",
+                "_target_": "fedbackdoor.defenses.base.Aggregate",
                 "update": 0,
                 "flagged": None,
             }

@@ -14,19 +14,16 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from fedbackdoor.defenses.aggregators import (
-    Aggregate,
-    NotEnoughClients,
-    bulyan,
-    centered_clip,
-    geometric_median,
-    krum,
-    mean,
-    median,
-    trimmed_mean,
-)
-from fedbackdoor.defenses.detection import dnc, flame, fltrust, foolsgold, rlr
+from fedbackdoor.defenses.averaging import mean
+from fedbackdoor.defenses.base import Aggregate, NotEnoughClients
+from fedbackdoor.defenses.centered_clip import centered_clip
+from fedbackdoor.defenses.clustering import dnc, flame
+from fedbackdoor.defenses.coordinatewise import median, trimmed_mean
+from fedbackdoor.defenses.distance import bulyan, krum
 from fedbackdoor.defenses.dp import dp_adaptive_clipping, dp_fixed_clipping
+from fedbackdoor.defenses.geometric_median import geometric_median
+from fedbackdoor.defenses.robust_lr import rlr
+from fedbackdoor.defenses.trust import fltrust, foolsgold
 
 # (id, rule, too few clients, just enough clients, message for too few)
 CASES: list[tuple[str, Callable[..., Aggregate], int, int, str]] = [

@@ -44,8 +44,13 @@ def test_edge_cases_are_taken_from_the_benign_clients_and_given_to_the_attackers
     from fedbackdoor.server import assign_reserved
 
     cfg = compose_config(
-        [*SMALL, "attack=edge_case", "attack.source_label=1", "attack.min_brightness=0.0",
-         "attack.fraction=0.5"]  # fmt: skip
+        [
+            *SMALL,
+            "attack=edge_case",
+            "attack.source_label=1",
+            "attack.min_brightness=0.0",
+            "attack.fraction=0.5",
+        ]  # fmt: skip
     )
     world = prepare_server(cfg)
     malicious = choose_malicious(4, 0.5, generator=make_generator(0, "malicious"))

@@ -4,33 +4,24 @@ translation to and from the server step (whose maths tests/test_server_step.py c
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from functools import partial
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Error, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
-from fedbackdoor.attacks.updates import identity, scale
-from fedbackdoor.defenses.aggregators import krum, mean, median
-from fedbackdoor.defenses.detection import dnc
+from fedbackdoor.attacks.boost import identity, scale
+from fedbackdoor.defenses.averaging import mean
+from fedbackdoor.defenses.clustering import dnc
+from fedbackdoor.defenses.coordinatewise import median
+from fedbackdoor.defenses.distance import krum
 from fedbackdoor.defenses.pipeline import Defense
 from fedbackdoor.fl.arrays import to_record, to_state_dict
 from fedbackdoor.fl.strategy import DefenseStrategy
 from fedbackdoor.sampling import AttackSchedule
 from fedbackdoor.seeding import make_generator
 from fedbackdoor.server_step import ServerStep
-
-
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # Flower stamps messages with the running task's identity; tests have no task.
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    yield
 
 
 class FakeGrid:
@@ -251,61 +242,21 @@ def test_outside_the_attack_schedule_every_client_trains_honestly() -> None:
     assert flags(3) == [False] * 4
 
 
-def test_the_servers_root_update_reaches_the_rule_as_reference() -> None:
-    # Prepare: the server's own training moves w by (+1, +1); FLTrust then trusts the client
-    # along it and distrusts the one against it.
-    from fedbackdoor.defenses.detection import fltrust
+def test_the_rule_gets_the_rounds_context_with_the_clients_in_row_order() -> None:
+    # Prepare: a rule that records the context it is given
+    seen = []
 
-    seen: list[tuple[torch.Tensor, int]] = []
-
-    def root_update(params: torch.Tensor, buffers: torch.Tensor, round_: int) -> torch.Tensor:
-        seen.append((params, round_))
-        return torch.tensor([1.0, 1.0, 0.0])
-
-    strategy = make_strategy(Defense(rule=fltrust), num_clients=2)
-    strategy.step.root_update = root_update
-    msgs = configure(strategy, nodes=[1, 2])
-    replies = [reply(msgs[0], shifted([2.0, 2.0, 0.0])), reply(msgs[1], shifted([-3.0, -1.0, 0.0]))]
-
-    # Execute
-    arrays, _ = strategy.aggregate_train(1, replies)
-
-    # Assert: reference (1, 1, 0), norm sqrt 2; client 0 rescaled to it: (1, 1, 0); client 1
-    # has negative cosine: trust 0, flagged.
-    assert arrays is not None and seen[0][1] == 1
-    assert torch.equal(seen[0][0], torch.tensor([1.0, 2.0, 0.5]))
-    new = to_state_dict(arrays)
-    assert torch.allclose(new["w"], GLOBAL["w"] + 1.0) and torch.allclose(new["b"], GLOBAL["b"])
-    record = strategy.record
-    assert record is not None and record.n_flagged == 1
-
-
-def test_history_sums_each_clients_updates_across_rounds() -> None:
-    # Prepare: a rule that records the history it is given.
-    seen: list[torch.Tensor] = []
-
-    def recording_mean(updates, weights, *, generator=None, history):  # type: ignore[no-untyped-def]
-        seen.append(history.clone())
+    def recording_mean(updates, weights, *, generator=None, context):  # type: ignore[no-untyped-def]
+        seen.append(context)
         return mean(updates, weights)
 
-    strategy = make_strategy(Defense(rule=recording_mean), num_clients=2)
-    strategy.step.keep_history = True
-    deltas = {0: [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]], 1: [[0.0, 2.0, 0.0], [0.0, 0.0, 3.0]]}
+    strategy = make_strategy(Defense(rule=recording_mean), num_clients=3)
+    msgs = configure(strategy, nodes=[1, 2, 3])
+    replies = [reply(m, shifted([float(i), 0.0, 0.0])) for i, m in enumerate(msgs)]
 
-    # Execute: two rounds, both clients each time (the global model moves in between).
-    for rnd in range(2):
-        current = GLOBAL if rnd == 0 else to_state_dict(arrays)  # noqa: F821
-        msgs = list(
-            strategy.configure_train(rnd + 1, to_record(current), ConfigRecord(), FakeGrid([1, 2]))  # type: ignore[arg-type]
-        )
-        replies = []
-        for m in msgs:
-            p = int(m.content.config_records["config"]["partition-id"])  # type: ignore[arg-type]
-            d = deltas[p][rnd]
-            state = {"w": current["w"] + torch.tensor(d[:2]), "b": current["b"] + d[2]}
-            replies.append(reply(m, state))
-        arrays, _ = strategy.aggregate_train(rnd + 1, replies)
+    # Execute
+    strategy.aggregate_train(1, list(reversed(replies)))
 
-    # Assert: round 2's history is each client's sum of its two updates
-    assert torch.allclose(seen[0], torch.tensor(deltas[0][:1] + deltas[1][:1]))
-    assert torch.allclose(seen[1], torch.tensor([[1.5, 0.5, 0.0], [0.0, 2.0, 3.0]]))
+    # Assert
+    assert seen[0].round == 1 and seen[0].clients == (0, 1, 2)
+    assert torch.equal(seen[0].global_params, torch.tensor([1.0, 2.0, 0.5]))

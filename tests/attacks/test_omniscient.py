@@ -1,4 +1,4 @@
-"""Tests for fedbackdoor.attacks.updates and the configs in conf/attack."""
+"""Tests for fedbackdoor.attacks.omniscient: ALIE, IPM, Min-Max and Min-Sum."""
 
 from __future__ import annotations
 
@@ -8,236 +8,9 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from fedbackdoor.attacks.updates import (
-    alie,
-    alie_z_max,
-    gaussian,
-    identity,
-    ipm,
-    minmax,
-    minsum,
-    scale,
-    sign_flip,
-)
-
-# Every attack with settings that make it change the malicious rows.
-ATTACKS: list[tuple[Callable[..., torch.Tensor], dict[str, Any]]] = [
-    (identity, {}),
-    (scale, {"boost": 2.0}),
-    (sign_flip, {}),
-    (gaussian, {}),
-    (alie, {}),
-    (alie, {"z": 1.5}),
-    (ipm, {}),
-    (minmax, {"perturbation": "std"}),
-    (minmax, {"perturbation": "unit_vec"}),
-    (minmax, {"perturbation": "sign"}),
-    (minsum, {"perturbation": "std"}),
-    (minsum, {"perturbation": "unit_vec"}),
-    (minsum, {"perturbation": "sign"}),
-]
-ATTACK_IDS = [f"{fn.__name__}-{'-'.join(map(str, kw.values()))}".rstrip("-") for fn, kw in ATTACKS]
-
-
-def _updates() -> tuple[torch.Tensor, torch.Tensor]:
-    updates = torch.tensor([[1.0, -2.0, 0.5], [3.0, 0.0, -1.0], [0.25, 4.0, 2.0], [-1.0, 1.0, 1.0]])
-    malicious = torch.tensor([False, True, False, True])
-    return updates, malicious
-
-
-def test_scale_multiplies_only_the_malicious_rows() -> None:
-    # Prepare
-    updates, malicious = _updates()
-    before = updates.clone()
-
-    # Execute
-    out = scale(updates, malicious, boost=10.0)
-
-    # Assert
-    expected = torch.tensor(
-        [[1.0, -2.0, 0.5], [30.0, 0.0, -10.0], [0.25, 4.0, 2.0], [-10.0, 10.0, 10.0]]
-    )
-    assert torch.equal(out, expected)
-    assert torch.equal(updates, before)
-    assert out.data_ptr() != updates.data_ptr()
-
-
-def test_scale_by_one_is_the_identity() -> None:
-    updates, malicious = _updates()
-
-    out = scale(updates, malicious, boost=1.0, generator=torch.Generator().manual_seed(0))
-
-    assert torch.equal(out, updates)
-
-
-def test_scale_with_no_malicious_client_changes_nothing() -> None:
-    updates, _ = _updates()
-
-    out = scale(updates, torch.zeros(4, dtype=torch.bool), boost=5.0)
-
-    assert torch.equal(out, updates)
-
-
-@pytest.mark.parametrize("boost", [0.0, -1.0, float("inf"), float("nan"), "2", True])
-def test_scale_rejects_bad_boost(boost: float) -> None:
-    updates, malicious = _updates()
-
-    with pytest.raises(ValueError, match="boost"):
-        scale(updates, malicious, boost=boost)
-
-
-def test_identity_returns_an_equal_copy() -> None:
-    updates, malicious = _updates()
-
-    out = identity(updates, malicious)
-
-    assert torch.equal(out, updates)
-    assert out.data_ptr() != updates.data_ptr()
-
-
-# --------------------------------------------------------------------------------------------
-# Every attack: the shared contract
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("attack", "options"), ATTACKS, ids=ATTACK_IDS)
-def test_attack_changes_only_the_malicious_rows(
-    attack: Callable[..., torch.Tensor], options: dict[str, Any]
-) -> None:
-    # Prepare
-    updates, malicious = _updates()
-    before = updates.clone()
-
-    # Execute
-    out = attack(updates, malicious, generator=torch.Generator().manual_seed(0), **options)
-
-    # Assert
-    assert out.shape == updates.shape and out.dtype == updates.dtype
-    assert torch.equal(out[~malicious], updates[~malicious])
-    assert torch.isfinite(out).all()
-    assert torch.equal(updates, before)
-    assert out.data_ptr() != updates.data_ptr()
-    if attack is not identity:
-        assert not torch.equal(out[malicious], updates[malicious])
-
-
-@pytest.mark.parametrize(("attack", "options"), ATTACKS, ids=ATTACK_IDS)
-def test_attack_with_no_malicious_row_returns_an_equal_copy(
-    attack: Callable[..., torch.Tensor], options: dict[str, Any]
-) -> None:
-    updates, _ = _updates()
-
-    out = attack(updates, torch.zeros(4, dtype=torch.bool), **options)
-
-    assert torch.equal(out, updates)
-    assert out.data_ptr() != updates.data_ptr()
-
-
-@pytest.mark.parametrize(("attack", "options"), ATTACKS, ids=ATTACK_IDS)
-@pytest.mark.parametrize(
-    ("updates", "malicious", "message"),
-    [
-        (torch.zeros(4), torch.zeros(4, dtype=torch.bool), r"\[n, d\]"),
-        (torch.zeros(4, 3), torch.zeros(3, dtype=torch.bool), "malicious must have shape"),
-        (torch.zeros(4, 3), torch.tensor([1, 3]), "bool mask"),
-        (torch.zeros(4, 3, dtype=torch.int64), torch.ones(4, dtype=torch.bool), "floating"),
-    ],
-)
-def test_attacks_reject_malformed_inputs(
-    attack: Callable[..., torch.Tensor],
-    options: dict[str, Any],
-    updates: torch.Tensor,
-    malicious: torch.Tensor,
-    message: str,
-) -> None:
-    with pytest.raises(ValueError, match=message):
-        attack(updates, malicious, **options)
-
-
-@pytest.mark.parametrize(("attack", "options"), ATTACKS, ids=ATTACK_IDS)
-@settings(max_examples=15, deadline=None)
-@given(
-    n=st.integers(1, 7),
-    d=st.integers(1, 9),
-    seed=st.integers(0, 2**16),
-    data=st.data(),
-)
-def test_attack_contract_holds_for_any_shape_and_mask(
-    attack: Callable[..., torch.Tensor],
-    options: dict[str, Any],
-    n: int,
-    d: int,
-    seed: int,
-    data: st.DataObject,
-) -> None:
-    # Prepare: any mask, including all-benign and all-malicious rounds.
-    generator = torch.Generator().manual_seed(seed)
-    updates = torch.randn(n, d, generator=generator, dtype=torch.float64)
-    malicious = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
-
-    # Execute
-    out = attack(updates, malicious, generator=generator, **options)
-
-    # Assert
-    assert out.shape == (n, d) and torch.isfinite(out).all()
-    assert torch.equal(out[~malicious], updates[~malicious])
-
-
-# --------------------------------------------------------------------------------------------
-# Sign flip and Gaussian noise
-# --------------------------------------------------------------------------------------------
-
-
-def test_sign_flip_reverses_and_scales_the_malicious_rows() -> None:
-    updates, malicious = _updates()
-
-    out = sign_flip(updates, malicious, scale=2.0)
-
-    # Rows 1 and 3 times -2: [3, 0, -1] -> [-6, 0, 2] and [-1, 1, 1] -> [2, -2, -2].
-    expected = torch.tensor(
-        [[1.0, -2.0, 0.5], [-6.0, 0.0, 2.0], [0.25, 4.0, 2.0], [2.0, -2.0, -2.0]]
-    )
-    assert torch.equal(out, expected)
-
-
-def test_sign_flip_defaults_to_a_plain_negation() -> None:
-    updates, malicious = _updates()
-
-    out = sign_flip(updates, malicious)
-
-    assert torch.equal(out[malicious], -updates[malicious])
-
-
-def test_gaussian_is_reproducible_from_the_generator_seed() -> None:
-    updates, malicious = _updates()
-
-    first = gaussian(updates, malicious, std=2.0, generator=torch.Generator().manual_seed(7))
-    again = gaussian(updates, malicious, std=2.0, generator=torch.Generator().manual_seed(7))
-    other = gaussian(updates, malicious, std=2.0, generator=torch.Generator().manual_seed(8))
-
-    assert torch.equal(first, again)
-    assert not torch.equal(first[malicious], other[malicious])
-    assert not torch.equal(first[1], first[3])  # each malicious row gets its own draw
-
-
-def test_gaussian_noise_has_the_requested_std() -> None:
-    # Prepare: the malicious rows hold a large offset that must not leak into the noise.
-    d = 200_000
-    updates = torch.full((3, d), 50.0)
-    malicious = torch.tensor([True, False, True])
-
-    # Execute
-    out = gaussian(updates, malicious, std=3.0, generator=torch.Generator().manual_seed(0))
-
-    # Assert: 400k draws; the sample std's relative error is ~1/sqrt(2 * 400k) ~ 0.1%.
-    noise = out[malicious]
-    assert noise.std().item() == pytest.approx(3.0, rel=0.01)
-    assert abs(noise.mean().item()) < 0.03
-    assert torch.equal(out[1], updates[1])
-
+from fedbackdoor.attacks.omniscient import alie, alie_z_max, ipm, minmax, minsum
+from tests.attacks.rounds import four_clients
 
 # --------------------------------------------------------------------------------------------
 # ALIE
@@ -245,7 +18,7 @@ def test_gaussian_noise_has_the_requested_std() -> None:
 
 
 def test_alie_by_hand() -> None:
-    updates, malicious = _updates()
+    updates, malicious = four_clients()
 
     out = alie(updates, malicious, z=2.0)
 
@@ -306,7 +79,7 @@ def test_alie_z_max_rejects_bad_counts(num_clients: Any, num_malicious: Any, nam
 
 
 def test_ipm_by_hand() -> None:
-    updates, malicious = _updates()
+    updates, malicious = four_clients()
 
     out = ipm(updates, malicious, epsilon=2.0)
 
@@ -317,7 +90,7 @@ def test_ipm_by_hand() -> None:
 
 def test_omniscient_attacks_ignore_non_finite_benign_rows() -> None:
     # Prepare: benign row 2 is broken; the server rejects it after the attack.
-    updates, malicious = _updates()
+    updates, malicious = four_clients()
     updates[2, 1] = float("nan")
 
     # Execute
@@ -329,7 +102,7 @@ def test_omniscient_attacks_ignore_non_finite_benign_rows() -> None:
 
 
 def test_omniscient_attacks_fall_back_on_their_own_rows_without_benign_ones() -> None:
-    updates, _ = _updates()
+    updates, _ = four_clients()
     everyone = torch.ones(4, dtype=torch.bool)
 
     out = ipm(updates, everyone, epsilon=1.0)
@@ -478,41 +251,3 @@ def test_shejwalkar_with_a_zero_benign_mean_submits_the_mean(
     out = attack(updates, malicious, perturbation=perturbation)
 
     assert torch.equal(out[1], torch.zeros(2))
-
-
-# --------------------------------------------------------------------------------------------
-# Settings are validated up front
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("attack", "options", "name"),
-    [
-        *[(sign_flip, {"scale": v}, "scale") for v in (0.0, -1.0, math.inf, math.nan, "1", True)],
-        *[(gaussian, {"std": v}, "std") for v in (0.0, -2.0, math.inf, math.nan, "1", None)],
-        *[(alie, {"z": v}, "z") for v in (-0.5, math.inf, math.nan, "1", False)],
-        *[(ipm, {"epsilon": v}, "epsilon") for v in (0.0, -0.5, math.inf, math.nan, "0.5")],
-        *[
-            (attack, options, name)
-            for attack in (minmax, minsum)
-            for options, name in [
-                ({"perturbation": "gauss"}, "perturbation"),
-                ({"perturbation": None}, "perturbation"),
-                ({"gamma_init": 0.0}, "gamma_init"),
-                ({"gamma_init": math.inf}, "gamma_init"),
-                ({"gamma_init": "10"}, "gamma_init"),
-                ({"tol": 0.0}, "tol"),
-                ({"tol": math.nan}, "tol"),
-                ({"gamma_init": 1.0, "tol": 1.0}, "tol"),
-            ]
-        ],
-    ],
-)
-def test_bad_settings_raise_naming_the_setting(
-    attack: Callable[..., torch.Tensor], options: dict[str, Any], name: str
-) -> None:
-    updates, _ = _updates()
-
-    # Even in a round without attackers: a bad config must fail in round 1, not when first used.
-    with pytest.raises(ValueError, match=rf"\b{name}\b"):
-        attack(updates, torch.zeros(4, dtype=torch.bool), **options)

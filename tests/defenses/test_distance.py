@@ -1,4 +1,4 @@
-"""Tests for fedbackdoor.defenses.aggregators.bulyan."""
+"""Tests for fedbackdoor.defenses.distance: Krum, Multi-Krum and Bulyan."""
 
 from __future__ import annotations
 
@@ -8,19 +8,124 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from fedbackdoor.defenses.aggregators import (
-    NotEnoughClients,
-    _bulyan_selection,
-    bulyan,
-    pairwise_squared_distances,
+from fedbackdoor.defenses._linalg import pairwise_squared_distances
+from fedbackdoor.defenses.base import NotEnoughClients
+from fedbackdoor.defenses.distance import _bulyan_selection, bulyan, krum, krum_scores
+from tests.defenses.rounds import f64, random_updates
+
+# --------------------------------------------------------------------------------------------
+# Krum and Multi-Krum
+# --------------------------------------------------------------------------------------------
+
+
+def test_krum_by_hand() -> None:
+    # Prepare: 1-D points 0, 1, 2.5, 3, 100 ; n = 5, f = 1 -> n - f - 2 = 2 neighbours
+    updates = torch.tensor([[0.0], [1.0], [2.5], [3.0], [100.0]])
+    weights = torch.ones(5)
+
+    # Execute
+    single = krum(updates, weights, f=1)
+    multi = krum(updates, weights, f=1, m=3)
+
+    # Assert: squared distances to the two nearest others:
+    #   x=0:   1 (to 1),      6.25 (to 2.5)  -> 7.25
+    #   x=1:   1 (to 0),      2.25 (to 2.5)  -> 3.25
+    #   x=2.5: 0.25 (to 3),   2.25 (to 1)    -> 2.5
+    #   x=3:   0.25 (to 2.5), 4 (to 1)       -> 4.25
+    #   x=100: 94^2 + 97.5^2 = 9409 + 9506.25 -> 18915.25
+    expected_scores = torch.tensor([7.25, 3.25, 2.5, 4.25, 18915.25], dtype=torch.float64)
+    torch.testing.assert_close(krum_scores(updates, f=1), expected_scores)
+    # Krum picks x=2.5 ; Multi-Krum (m=3) picks 2.5, 1, 3 -> mean 6.5 / 3 ; the clients not
+    # selected get no influence (and no verdict: flagged is None)
+    torch.testing.assert_close(single.update, torch.tensor([2.5]))
+    assert single.flagged is None and single.influence is not None
+    assert (single.influence == 0).tolist() == [True, True, False, True, True]
+    torch.testing.assert_close(multi.update, torch.tensor([6.5 / 3]))
+    assert multi.flagged is None and multi.influence is not None
+    assert (multi.influence == 0).tolist() == [True, False, False, False, True]
+
+
+def test_krum_breaks_ties_by_lower_index() -> None:
+    # Prepare: points 0, 1, 2, 3, 100 ; scores 0: 1+4=5, 1: 1+1=2, 2: 1+1=2, 3: 1+4=5
+    updates = torch.tensor([[0.0], [1.0], [2.0], [3.0], [100.0]])
+    weights = torch.ones(5)
+
+    # Execute
+    single = krum(updates, weights, f=1)
+    multi = krum(updates, weights, f=1, m=3)
+
+    # Assert: the tie 1/2 goes to index 1 ; the tie 0/3 for the third place goes to index 0
+    torch.testing.assert_close(single.update, torch.tensor([1.0]))
+    assert single.flagged is None and single.influence is not None
+    assert (single.influence == 0).tolist() == [True, False, True, True, True]
+    assert multi.flagged is None and multi.influence is not None
+    assert (multi.influence == 0).tolist() == [False, False, False, True, True]
+    torch.testing.assert_close(multi.update, torch.tensor([1.0]))  # (0 + 1 + 2) / 3
+
+
+def test_multi_krum_with_m_equal_n_is_the_unweighted_mean() -> None:
+    # Prepare
+    updates, weights = random_updates(seed=3, n=6, d=4)
+
+    # Execute
+    result = krum(updates, weights, f=1, m=6)
+
+    # Assert: everybody selected, 1/6 each
+    torch.testing.assert_close(result.update, updates.mean(dim=0))
+    assert result.flagged is None and result.influence is not None
+    assert not (result.influence == 0).any()
+    torch.testing.assert_close(result.influence, torch.full((6,), 1 / 6, dtype=torch.float64))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    f=st.integers(0, 3),
+    extra=st.integers(1, 5),
+    d=st.integers(1, 16),
 )
+def test_krum_scores_match_a_naive_loop(seed: int, f: int, extra: int, d: int) -> None:
+    # Prepare
+    n = 2 * f + 2 + extra
+    updates, _ = random_updates(seed, n, d)
+    naive = torch.empty(n, dtype=torch.float64)
+    for i in range(n):
+        to_others = sorted(
+            float((updates[i].double() - updates[j].double()).square().sum())
+            for j in range(n)
+            if j != i
+        )
+        naive[i] = sum(to_others[: n - f - 2])
+
+    # Execute
+    fast = krum_scores(updates, f=f)
+
+    # Assert
+    torch.testing.assert_close(fast, naive, rtol=1e-5, atol=1e-6)
 
 
-def _random_updates(seed: int, n: int, d: int) -> tuple[Tensor, Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    updates = torch.randn(n, d, generator=generator)
-    weights = torch.randint(1, 100, (n,), generator=generator).to(torch.float32)
-    return updates, weights
+@pytest.mark.parametrize(("f", "n"), [(f, n) for f in range(4) for n in range(2 * f + 3)])
+def test_krum_raises_not_enough_clients_when_n_at_most_2f_plus_2(f: int, n: int) -> None:
+    # Prepare
+    updates, weights = random_updates(0, n, 3)
+
+    # Execute / Assert
+    with pytest.raises(NotEnoughClients, match=rf"n >= 2f \+ 3 = {2 * f + 3} .*got n={n} \(f={f}"):
+        krum(updates, weights, f=f)
+
+
+def test_krum_raises_not_enough_clients_when_m_exceeds_n() -> None:
+    # Prepare
+    updates, weights = random_updates(0, 5, 3)
+
+    # Execute / Assert
+    with pytest.raises(NotEnoughClients, match=r"n >= m = 6 .*got n=5 \(f=1, m=6\)"):
+        krum(updates, weights, f=1, m=6)
+
+
+# --------------------------------------------------------------------------------------------
+# Bulyan
+# --------------------------------------------------------------------------------------------
 
 
 def _selection(updates: Tensor, f: int) -> list[int]:
@@ -31,10 +136,6 @@ def _selection(updates: Tensor, f: int) -> list[int]:
     the selection itself is read from the helper ``bulyan`` calls.
     """
     return _bulyan_selection(pairwise_squared_distances(updates), f).tolist()
-
-
-def _f64(*values: float) -> Tensor:
-    return torch.tensor(values, dtype=torch.float64)
 
 
 def _naive_bulyan(updates: Tensor, f: int) -> tuple[list[int], Tensor]:
@@ -93,12 +194,12 @@ def test_bulyan_by_hand() -> None:
     assert _selection(updates, 1) == [0, 2, 3, 4, 6]
     assert result.flagged is None and result.influence is not None
     assert float(result.influence[1]) == 0.0 and float(result.influence[5]) == 0.0
-    torch.testing.assert_close(result.influence, _f64(0, 0, 1 / 3, 0, 1 / 3, 0, 1 / 3))
+    torch.testing.assert_close(result.influence, f64(0, 0, 1 / 3, 0, 1 / 3, 0, 1 / 3))
 
 
 def test_bulyan_with_f_zero_is_the_unweighted_mean() -> None:
     # Prepare
-    updates, weights = _random_updates(seed=2, n=5, d=3)
+    updates, weights = random_updates(seed=2, n=5, d=3)
 
     # Execute
     result = bulyan(updates, weights, f=0)
@@ -136,7 +237,7 @@ def test_bulyan_keeps_the_values_closest_to_the_median_in_each_coordinate() -> N
     assert _selection(updates, 1) == [0, 1, 2, 3, 4]
     assert result.flagged is None and result.influence is not None
     assert (result.influence[5:] == 0).all()
-    torch.testing.assert_close(result.influence, _f64(0, 1 / 6, 1 / 3, 1 / 3, 1 / 6, 0, 0))
+    torch.testing.assert_close(result.influence, f64(0, 1 / 6, 1 / 3, 1 / 3, 1 / 6, 0, 0))
 
 
 @settings(max_examples=40, deadline=None)
@@ -149,7 +250,7 @@ def test_bulyan_keeps_the_values_closest_to_the_median_in_each_coordinate() -> N
 def test_bulyan_matches_a_naive_loop(seed: int, f: int, extra: int, d: int) -> None:
     # Prepare
     n = 4 * f + 3 + extra
-    updates, weights = _random_updates(seed, n, d)
+    updates, weights = random_updates(seed, n, d)
 
     # Execute
     result = bulyan(updates, weights, f=f)
@@ -176,7 +277,7 @@ def test_bulyan_permutation_invariance(
 ) -> None:
     # Prepare
     n = 4 * f + 3 + extra
-    updates, weights = _random_updates(seed, n, d)
+    updates, weights = random_updates(seed, n, d)
     permutation = torch.tensor(data.draw(st.permutations(range(n))))
 
     # Execute
@@ -199,7 +300,7 @@ def test_bulyan_permutation_invariance(
 @given(seed=st.integers(0, 2**31 - 1), f=st.integers(0, 3), d=st.integers(1, 16))
 def test_bulyan_of_identical_updates_is_that_update(seed: int, f: int, d: int) -> None:
     # Prepare
-    row, _ = _random_updates(seed, 1, d)
+    row, _ = random_updates(seed, 1, d)
     n = 4 * f + 3
     updates = row.expand(n, d).clone()
 
@@ -235,7 +336,7 @@ def test_bulyan_ignores_f_huge_outliers(f: int) -> None:
 @pytest.mark.parametrize(("f", "n"), [(f, n) for f in range(4) for n in range(4 * f + 3)])
 def test_bulyan_raises_not_enough_clients_below_4f_plus_3(f: int, n: int) -> None:
     # Prepare
-    updates, weights = _random_updates(0, n, 3)
+    updates, weights = random_updates(0, n, 3)
 
     # Execute / Assert
     with pytest.raises(
@@ -247,7 +348,7 @@ def test_bulyan_raises_not_enough_clients_below_4f_plus_3(f: int, n: int) -> Non
 @pytest.mark.parametrize(("f", "pattern"), [(-1, r"f=-1"), (1.5, r"f=1\.5"), (True, r"f=True")])
 def test_bulyan_rejects_bad_f(f: float, pattern: str) -> None:
     # Prepare
-    updates, weights = _random_updates(0, 11, 3)
+    updates, weights = random_updates(0, 11, 3)
 
     # Execute / Assert
     with pytest.raises(ValueError, match=pattern) as raised:
