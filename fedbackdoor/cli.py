@@ -91,7 +91,7 @@ _pending: list[tuple[Any, Any]] = []  # (Engine, job) of runs queued with parall
 
 def _draw(run_dir: Path) -> None:
     """The run's figure (``accuracy.png``), if it logged a round; never fails the run."""
-    from fedbackdoor.plots import plot_run_dir  # matplotlib only where figures are drawn
+    from fedbackdoor.run_figure import plot_run_dir  # matplotlib only where figures are drawn
 
     try:
         if (run_dir / "metrics.csv").exists():

@@ -240,7 +240,7 @@ def _check_components(cfg: DictConfig) -> None:
     import torch  # noqa: PLC0415 (heavy imports: only when validating)
     from hydra.utils import instantiate  # noqa: PLC0415
 
-    from fedbackdoor.defenses.pipeline import build_defense  # noqa: PLC0415
+    from fedbackdoor.experiment import build_defense  # noqa: PLC0415
     from fedbackdoor.sampling import AttackSchedule, choose_malicious, sample_round  # noqa: PLC0415
     from fedbackdoor.server_step import check_rule_runs  # noqa: PLC0415
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from fedbackdoor.attacks import boost as updates_lib
 from fedbackdoor.attacks.constraints import LocalConstraint
 from fedbackdoor.data.image_data import ImageData
 from fedbackdoor.data.loading import instantiate_dataset
-from fedbackdoor.defenses.pipeline import Defense, build_defense
+from fedbackdoor.defenses.pipeline import Defense
 from fedbackdoor.layout import Layout
 from fedbackdoor.metrics import Evaluator
 from fedbackdoor.models import resolve_device
@@ -103,8 +103,47 @@ def build_evaluator(cfg: DictConfig, data: ImageData) -> Evaluator:
     )
 
 
-def build_defense_pipeline(cfg: DictConfig) -> Defense:
-    return build_defense(cfg.defense)
+def _build_callable(node: Any, where: str) -> Callable[..., Any]:
+    built = instantiate(node)
+    if not callable(built):
+        raise TypeError(
+            f"defense {where} must instantiate to a callable (did you forget `_partial_: true`?), "
+            f"got {type(built).__name__}"
+        )
+    return built
+
+
+def build_defense(cfg: DictConfig) -> Defense:
+    """Build a :class:`Defense` from a ``conf/defense/*.yaml`` group node.
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        The composed ``defense`` node, with keys ``rule`` (one instantiable node), ``pre`` and
+        ``post`` (lists of instantiable nodes, each may be absent or empty). Every node should
+        carry ``_partial_: true``. Other top-level keys (user-facing settings such as
+        ``max_norm``, interpolated into the nodes as ``${defense.max_norm}``) are ignored here.
+        Pass the node *inside* its root config (``root.defense``) so absolute interpolations
+        resolve.
+
+    Returns
+    -------
+    Defense
+        The instantiated pipeline.
+
+    Raises
+    ------
+    ValueError
+        If ``rule`` is missing.
+    TypeError
+        If a node does not instantiate to a callable.
+    """
+    if cfg.get("rule") is None:
+        raise ValueError("defense config needs a `rule` node")
+    rule = _build_callable(cfg.rule, "rule")
+    pre = [_build_callable(node, f"pre[{i}]") for i, node in enumerate(cfg.get("pre") or [])]
+    post = [_build_callable(node, f"post[{i}]") for i, node in enumerate(cfg.get("post") or [])]
+    return Defense(rule=rule, pre=pre, post=post)
 
 
 def client_steps(cfg: DictConfig, partitions: list[np.ndarray]) -> int:

@@ -21,7 +21,7 @@ from fedbackdoor.attacks.poison import dba_assignment
 from fedbackdoor.data.image_data import ImageData
 from fedbackdoor.experiment import (
     build_data,
-    build_defense_pipeline,
+    build_defense,
     build_evaluator,
     build_model,
     build_partitions,
@@ -154,7 +154,7 @@ def build_server(cfg: DictConfig, world: ServerWorld) -> ServerSetup:
         assignment = dba_assignment(int(cfg.attack.num_parts), len(malicious_set))
         dba_parts = [list(parts) for parts in assignment]
     step = ServerStep(
-        defense=build_defense_pipeline(cfg),
+        defense=build_defense(cfg.defense),
         update_attack=build_update_attack(cfg),
         server_lr=float(cfg.server_lr),
         attack_generator=make_generator(seed, "attack"),

@@ -35,7 +35,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedbackdoor.attacks.boost import identity
 from fedbackdoor.config import CONF_DIR, compose_config
-from fedbackdoor.defenses.pipeline import Defense, build_defense
+from fedbackdoor.defenses.pipeline import Defense
+from fedbackdoor.experiment import build_defense
 from fedbackdoor.fl.arrays import to_record
 from fedbackdoor.fl.strategy import DefenseStrategy
 from fedbackdoor.round_context import StandInContext

@@ -43,7 +43,7 @@ from fedbackdoor.client import ClientSpec, client_update
 from fedbackdoor.config import compose_config
 from fedbackdoor.experiment import (
     build_data,
-    build_defense_pipeline,
+    build_defense,
     build_evaluator,
     build_model,
     build_partitions,
@@ -73,7 +73,7 @@ def ideal_rounds(cfg, workers: int) -> list[float]:  # type: ignore[no-untyped-d
     model = build_model(cfg, data)
     partitions = build_partitions(cfg, data)
     evaluator = build_evaluator(cfg, data)
-    defense = build_defense_pipeline(cfg)
+    defense = build_defense(cfg.defense)
     seed = int(cfg.seed)
     malicious = choose_malicious(
         int(cfg.num_clients),

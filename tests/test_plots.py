@@ -259,7 +259,7 @@ def test_plotting_leaves_pyplot_and_the_backend_alone(tmp_path: Path) -> None:
         # dict.__getitem__: the raw setting (reading rcParams['backend'] resolves it, which
         # loads pyplot)
         "import sys, matplotlib; backend = dict.__getitem__(matplotlib.rcParams, 'backend');"
-        "import fedbackdoor.plots as p, pandas as pd;"
+        "import fedbackdoor.plots, fedbackdoor.run_figure as p, pandas as pd;"
         f"p.plot_run(pd.DataFrame({{'round': [0, 1], 'main_acc': [0.1, 0.5], "
         f"'backdoor_acc': [0.0, 0.2]}}), {str(tmp_path / 'r.png')!r});"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot loaded';"

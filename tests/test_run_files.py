@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fedbackdoor.plots import plot_run
+from fedbackdoor.run_figure import plot_run
 from fedbackdoor.run_files import COLUMNS, MetricsWriter, detection_totals, load_metrics
 
 

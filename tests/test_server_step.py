@@ -17,7 +17,7 @@ from fedbackdoor.defenses.transforms import clip_to_norm
 from fedbackdoor.layout import Layout, trainable_names
 from fedbackdoor.models import ResNet18
 from fedbackdoor.seeding import make_generator
-from fedbackdoor.server_step import ServerStep, check_rule_runs
+from fedbackdoor.server_step import ServerStep, check_rule_runs, validate_stacked
 from fedbackdoor.training import train
 
 
@@ -81,6 +81,40 @@ def test_with_benign_updates_at_zero_the_attackers_model_becomes_the_global_mode
     torch.testing.assert_close(params, backdoored, rtol=0, atol=1e-5)
     share = sum(w for w, m in zip(weights, malicious, strict=True) if m) / sum(weights)
     assert record.influence == pytest.approx(share)
+
+
+@pytest.mark.parametrize("attackers", [[3], [3, 11]])
+def test_replacement_holds_with_the_sample_sizes_of_a_dirichlet_partition(
+    attackers: list[int],
+) -> None:
+    # Prepare: sample counts of a Dirichlet(0.5) partition of 2,000 labels into 20 clients
+    # (flwr-datasets, as `partition=dirichlet`), one or two attackers, benign updates at zero
+    import numpy as np
+    from hydra.utils import instantiate
+
+    from fedbackdoor.config import compose_config
+    from fedbackdoor.data.partition import partition_indices
+
+    cfg = compose_config(["partition=dirichlet", "partition.alpha=0.5", "num_clients=20"])
+    labels = np.arange(2000) % 10
+    partitioner = instantiate(cfg.partition.partitioner)
+    sizes = [len(p) for p in partition_indices(labels, partitioner, seed=0)]
+    assert max(sizes) > 2 * min(sizes)  # unequal: the weights matter
+    generator = torch.Generator().manual_seed(3)
+    global_params, backdoored = (
+        torch.randn(5, generator=generator),
+        torch.randn(5, generator=generator),
+    )
+    malicious = [i in attackers for i in range(20)]
+    updates = torch.zeros(20, 5)
+    updates[torch.tensor(malicious)] = backdoored - global_params
+
+    # Execute
+    params, _, _ = run(make_step(Defense(rule=mean), attack=model_replacement), global_params,
+                       updates, sizes, malicious)  # fmt: skip
+
+    # Assert
+    torch.testing.assert_close(params, backdoored, rtol=0, atol=1e-5)
 
 
 def test_two_attackers_with_different_models_replace_it_by_their_weighted_mean() -> None:
@@ -237,3 +271,42 @@ def test_a_rule_that_can_never_run_stops_at_start_naming_the_keys() -> None:
     with pytest.raises(ValueError, match=r"clients_per_round=10.*4f \+ 3"):
         check_rule_runs(Defense(rule=partial(bulyan, f=3)), 10, keys="clients_per_round=10")
     check_rule_runs(Defense(rule=partial(bulyan, f=1)), 10, keys="clients_per_round=10")
+
+
+# --------------------------------------------------------------------------------------------
+# Screening
+# --------------------------------------------------------------------------------------------
+
+
+def test_validate_stacked_rejects_non_finite_rows_and_keeps_the_order() -> None:
+
+    updates = torch.tensor([[1.0, 2.0], [float("nan"), 0.0], [3.0, 4.0], [float("inf"), 1.0]])
+
+    valid, rejected, reasons = validate_stacked(updates, 2)
+
+    assert valid.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert rejected == [1, 3] and all("1 non-finite" in r for r in reasons)
+
+
+def test_validate_stacked_keeps_finite_rows_whose_sum_overflows() -> None:
+
+    # Prepare: row 0's values are finite but add up to inf in float32; row 1's inf and -inf
+    # add up to nan; row 2 is plain
+    big = torch.finfo(torch.float32).max
+    updates = torch.tensor([[big, big], [float("inf"), float("-inf")], [1.0, 2.0]])
+
+    # Execute
+    valid, rejected, reasons = validate_stacked(updates, 2)
+
+    # Assert
+    assert valid.tolist() == [[big, big], [1.0, 2.0]]
+    assert rejected == [1] and reasons == ["2 non-finite values (nan/inf)"]
+
+
+def test_validate_stacked_returns_valid_updates_without_a_copy() -> None:
+
+    updates = torch.ones(3, 4)
+    valid, rejected, _ = validate_stacked(updates, 4)
+    assert valid is updates and rejected == []
+    with pytest.raises(ValueError, match=r"\[n, 5\]"):
+        validate_stacked(updates, 5)

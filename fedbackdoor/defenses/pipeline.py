@@ -6,7 +6,9 @@ and Gaussian noise is the "weak DP" defense of Sun, Kairouz, Suresh & McMahan (2
 Really Backdoor Federated Learning?", arXiv:1911.07963.
 
 This module never imports Flower: ``fedbackdoor.fl`` turns client results into a list of flat
-tensors, screens them with :func:`validate_updates` and calls a :class:`Defense`.
+tensors, screens them (:func:`fedbackdoor.server_step.validate_stacked`) and calls a
+:class:`Defense`; Hydra builds one from ``conf/defense/<name>.yaml``
+(:func:`fedbackdoor.experiment.build_defense`).
 """
 
 from __future__ import annotations
@@ -17,13 +19,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 from torch import Tensor
 
 from fedbackdoor.defenses.base import Aggregate
 
-__all__ = ["Defense", "build_defense", "validate_stacked", "validate_updates"]
+__all__ = ["Defense"]
 
 
 # ``rule(updates, weights, *, generator, **context) -> Aggregate``. Not a Protocol: one with
@@ -133,134 +133,3 @@ class Defense:
                 update, generator=generator, **self._extra(f"post{i}", transform, context)
             )
         return replace(aggregate, update=update)
-
-
-def _build_callable(node: Any, where: str) -> Callable[..., Any]:
-    built = instantiate(node)
-    if not callable(built):
-        raise TypeError(
-            f"defense {where} must instantiate to a callable (did you forget `_partial_: true`?), "
-            f"got {type(built).__name__}"
-        )
-    return built
-
-
-def build_defense(cfg: DictConfig) -> Defense:
-    """Build a :class:`Defense` from a ``conf/defense/*.yaml`` group node.
-
-    Parameters
-    ----------
-    cfg : DictConfig
-        The composed ``defense`` node, with keys ``rule`` (one instantiable node), ``pre`` and
-        ``post`` (lists of instantiable nodes, each may be absent or empty). Every node should
-        carry ``_partial_: true``. Other top-level keys (user-facing settings such as
-        ``max_norm``, interpolated into the nodes as ``${defense.max_norm}``) are ignored here.
-        Pass the node *inside* its root config (``root.defense``) so absolute interpolations
-        resolve.
-
-    Returns
-    -------
-    Defense
-        The instantiated pipeline.
-
-    Raises
-    ------
-    ValueError
-        If ``rule`` is missing.
-    TypeError
-        If a node does not instantiate to a callable.
-    """
-    if cfg.get("rule") is None:
-        raise ValueError("defense config needs a `rule` node")
-    rule = _build_callable(cfg.rule, "rule")
-    pre = [_build_callable(node, f"pre[{i}]") for i, node in enumerate(cfg.get("pre") or [])]
-    post = [_build_callable(node, f"post[{i}]") for i, node in enumerate(cfg.get("post") or [])]
-    return Defense(rule=rule, pre=pre, post=post)
-
-
-def validate_updates(
-    updates: Sequence[Tensor], expected_dim: int
-) -> tuple[Tensor, list[int], list[str]]:
-    """Screen client updates before aggregation, rejecting malformed ones with a reason.
-
-    An entry is rejected if it is not a tensor, not floating point, not of shape
-    ``(expected_dim,)``, or contains NaN or infinite values (checked in that order; the first
-    failing check is reported).
-
-    Parameters
-    ----------
-    updates : Sequence[Tensor]
-        One flat update per client, in client order.
-    expected_dim : int
-        The number of model parameters ``d``.
-
-    Returns
-    -------
-    stacked : Tensor
-        The valid updates in their original order, float32, shape ``[k, d]`` (``[0, d]`` if
-        none is valid).
-    rejected : list[int]
-        Positions in ``updates`` of the rejected entries, ascending. Drop the matching weights.
-    reasons : list[str]
-        A human-readable reason for each rejected entry, aligned with ``rejected``.
-    """
-    if isinstance(expected_dim, bool) or not isinstance(expected_dim, int) or expected_dim < 0:
-        raise ValueError(f"expected_dim must be an integer >= 0, got {expected_dim!r}")
-    valid: list[Tensor] = []
-    rejected: list[int] = []
-    reasons: list[str] = []
-    for index, update in enumerate(updates):
-        checked, reason = _check_update(update, expected_dim)
-        if checked is None:
-            rejected.append(index)
-            reasons.append(str(reason))
-        else:
-            valid.append(checked)
-    if not valid:
-        return torch.empty((0, expected_dim), dtype=torch.float32), rejected, reasons
-    return torch.stack(valid), rejected, reasons
-
-
-def validate_stacked(updates: Tensor, expected_dim: int) -> tuple[Tensor, list[int], list[str]]:
-    """:func:`validate_updates` for updates already stacked in one float32 ``[n, d]`` tensor
-    (shapes and dtypes checked while stacking): rejects the rows holding NaN or infinite
-    values. Returns ``updates`` itself when every row is valid (no copy).
-    """
-    if updates.dim() != 2 or updates.shape[1] != expected_dim:
-        raise ValueError(f"updates must be [n, {expected_dim}], got {tuple(updates.shape)}")
-    if updates.dtype != torch.float32:
-        raise ValueError(f"updates must be float32, got {updates.dtype}")
-    # A row sum is NaN or infinite if the row holds a NaN or an inf (or if finite values
-    # overflow when added up): a cheap screen (20x faster than isfinite over all of [n, d]),
-    # then the exact test on the rows it catches.
-    finite = torch.isfinite(updates.sum(dim=1))
-    if bool(finite.all()):
-        return updates, [], []
-    for i in torch.nonzero(~finite).flatten().tolist():
-        finite[i] = bool(torch.isfinite(updates[i]).all())
-    if bool(finite.all()):
-        return updates, [], []
-    rejected = torch.nonzero(~finite).flatten().tolist()
-    reasons = [
-        f"{int((~torch.isfinite(updates[i])).sum())} non-finite values (nan/inf)" for i in rejected
-    ]
-    return updates[finite], rejected, reasons
-
-
-def _check_update(update: object, expected_dim: int) -> tuple[Tensor | None, str | None]:
-    """Return ``(float32 update, None)`` if valid, else ``(None, reason)``."""
-    if not isinstance(update, Tensor):
-        return None, f"not a tensor: {type(update).__name__}"
-    if not update.is_floating_point():
-        return None, f"dtype {update.dtype} is not floating"
-    if tuple(update.shape) != (expected_dim,):
-        return None, f"shape {tuple(update.shape)} != expected {(expected_dim,)}"
-    non_finite = int((~torch.isfinite(update)).sum())
-    if non_finite:
-        return None, f"{non_finite} non-finite values (nan/inf)"
-    converted = update.detach().to(torch.float32)
-    # A finite float64 entry beyond float32's range would turn into inf during aggregation.
-    overflowed = int((~torch.isfinite(converted)).sum())
-    if overflowed:
-        return None, f"{overflowed} values overflow float32"
-    return converted, None

@@ -15,8 +15,9 @@ from torch import Tensor
 from fedbackdoor.defenses.averaging import mean
 from fedbackdoor.defenses.base import Aggregate, NotEnoughClients
 from fedbackdoor.defenses.distance import krum
-from fedbackdoor.defenses.pipeline import Defense, build_defense, validate_updates
+from fedbackdoor.defenses.pipeline import Defense
 from fedbackdoor.defenses.transforms import add_gaussian_noise, clip_to_norm
+from fedbackdoor.experiment import build_defense
 from fedbackdoor.round_context import StandInContext
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -468,110 +469,3 @@ def test_defense_is_frozen_and_hashable() -> None:
     hash(defense)
     with pytest.raises(AttributeError):
         defense.rule = mean  # type: ignore[misc]
-
-
-# --------------------------------------------------------------------------------------------
-# validate_updates
-# --------------------------------------------------------------------------------------------
-
-
-def test_validate_updates_rejects_bad_entries_and_reports_reasons() -> None:
-    # Prepare
-    good_a = torch.arange(7, dtype=torch.float32)
-    good_b = torch.ones(7, dtype=torch.float64)
-    with_nan = torch.zeros(7)
-    with_nan[[1, 4]] = float("nan")
-    with_nan[5] = float("inf")
-    with_inf = torch.zeros(7)
-    with_inf[0] = float("-inf")
-    wrong_shape = torch.zeros(5)
-    integer = torch.zeros(7, dtype=torch.int64)
-    updates = [good_a, with_nan, wrong_shape, good_b, integer, with_inf, torch.zeros(1, 7)]
-
-    # Execute
-    stacked, rejected, reasons = validate_updates(updates, expected_dim=7)
-
-    # Assert
-    assert stacked.dtype == torch.float32
-    assert torch.equal(stacked, torch.stack([good_a, good_b.float()]))
-    assert rejected == [1, 2, 4, 5, 6]
-    assert reasons == [
-        "3 non-finite values (nan/inf)",
-        "shape (5,) != expected (7,)",
-        "dtype torch.int64 is not floating",
-        "1 non-finite values (nan/inf)",
-        "shape (1, 7) != expected (7,)",
-    ]
-
-
-def test_validate_updates_with_nothing_valid_returns_an_empty_stack() -> None:
-    # Prepare
-    updates = [torch.full((3,), float("nan")), torch.zeros(2)]
-
-    # Execute
-    stacked, rejected, reasons = validate_updates(updates, expected_dim=3)
-
-    # Assert
-    assert stacked.shape == (0, 3)
-    assert stacked.dtype == torch.float32
-    assert rejected == [0, 1]
-    assert len(reasons) == 2
-
-
-def test_validate_updates_rejects_float64_values_that_overflow_float32() -> None:
-    # Prepare
-    updates = [torch.tensor([1e300, 0.0], dtype=torch.float64)]
-
-    # Execute
-    stacked, rejected, reasons = validate_updates(updates, expected_dim=2)
-
-    # Assert
-    assert stacked.shape == (0, 2)
-    assert rejected == [0]
-    assert "overflow" in reasons[0]
-
-
-def test_validate_updates_rejects_non_tensors() -> None:
-    # Execute
-    _, rejected, reasons = validate_updates([[1.0, 2.0]], expected_dim=2)  # type: ignore[list-item]
-
-    # Assert
-    assert rejected == [0]
-    assert reasons == ["not a tensor: list"]
-
-
-def test_validate_stacked_rejects_non_finite_rows_and_keeps_the_order() -> None:
-    from fedbackdoor.defenses.pipeline import validate_stacked
-
-    updates = torch.tensor([[1.0, 2.0], [float("nan"), 0.0], [3.0, 4.0], [float("inf"), 1.0]])
-
-    valid, rejected, reasons = validate_stacked(updates, 2)
-
-    assert valid.tolist() == [[1.0, 2.0], [3.0, 4.0]]
-    assert rejected == [1, 3] and all("1 non-finite" in r for r in reasons)
-
-
-def test_validate_stacked_keeps_finite_rows_whose_sum_overflows() -> None:
-    from fedbackdoor.defenses.pipeline import validate_stacked
-
-    # Prepare: row 0's values are finite but add up to inf in float32; row 1's inf and -inf
-    # add up to nan; row 2 is plain
-    big = torch.finfo(torch.float32).max
-    updates = torch.tensor([[big, big], [float("inf"), float("-inf")], [1.0, 2.0]])
-
-    # Execute
-    valid, rejected, reasons = validate_stacked(updates, 2)
-
-    # Assert
-    assert valid.tolist() == [[big, big], [1.0, 2.0]]
-    assert rejected == [1] and reasons == ["2 non-finite values (nan/inf)"]
-
-
-def test_validate_stacked_returns_valid_updates_without_a_copy() -> None:
-    from fedbackdoor.defenses.pipeline import validate_stacked
-
-    updates = torch.ones(3, 4)
-    valid, rejected, _ = validate_stacked(updates, 4)
-    assert valid is updates and rejected == []
-    with pytest.raises(ValueError, match=r"\[n, 5\]"):
-        validate_stacked(updates, 5)
