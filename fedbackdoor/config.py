@@ -294,14 +294,6 @@ def _check_components(cfg: DictConfig) -> None:
             raise ConfigError(message) from None
         named = _user_key(cfg, pieces, message)
         raise ConfigError(f"{named or 'defense'}: {message}") from None
-    try:
-        check_rule_runs(
-            defense, int(cfg.clients_per_round), keys=f"clients_per_round={cfg.clients_per_round}"
-        )
-    except ValueError as exc:
-        raise ConfigError(
-            str(exc) if "clients_per_round" in str(exc) else f"defense: {exc}"
-        ) from None
 
 
 def _try_update_attack(cfg: DictConfig, generator: torch.Generator) -> None:
