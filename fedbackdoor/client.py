@@ -28,8 +28,9 @@ from fedbackdoor.experiment import (
     build_poison,
 )
 from fedbackdoor.models import resolve_device
+from fedbackdoor.privacy import DPSGD, gradient_analysis
 from fedbackdoor.seeding import make_generator
-from fedbackdoor.training import TrainResult, train
+from fedbackdoor.training import PrivateSteps, TrainResult, train
 
 __all__ = ["ClientSpec", "ClientWorld", "client_update", "prepare_client"]
 
@@ -61,6 +62,8 @@ def _client_world(cfg_yaml: str) -> ClientWorld:
         build_poison(cfg),
         build_local_attack(cfg),
         None if corrupt is None else instantiate(corrupt),
+        None if cfg.get("client_dp") is None else instantiate(cfg.client_dp),
+        None if cfg.get("sanitize") is None else instantiate(cfg.sanitize),
     )
 
 
@@ -75,6 +78,10 @@ class ClientWorld:
     local_attack: ConstraintFactory | None
     #: ``attack.corrupt``: breaks a malicious client's weights (built once per process).
     corrupt: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None
+    #: ``client_dp``: DP-SGD for the clients that run the federation's code.
+    dp: DPSGD | None = None
+    #: ``sanitize``: ``(model, x, y, *, generator, num_classes, device) -> keep mask``.
+    sanitize: Callable[..., Tensor] | None = None
 
 
 def prepare_client(cfg_yaml: str) -> ClientWorld:
@@ -92,8 +99,10 @@ def prepare_client(cfg_yaml: str) -> ClientWorld:
 
 def client_update(
     cfg_yaml: str, global_state: dict[str, Tensor], spec: ClientSpec
-) -> tuple[dict[str, Tensor], TrainResult]:
-    """One client's local training from the global weights; returns its new weights.
+) -> tuple[dict[str, Tensor], TrainResult, dict[str, float]]:
+    """One client's local training from the global weights; returns its new weights, its
+    training result and its report (the values :class:`~fedbackdoor.run_files.RunRecorder`
+    writes to ``clients.csv``).
 
     A malicious client (``spec.malicious``: sampled, malicious and in an attack round)
 
@@ -105,31 +114,71 @@ def client_update(
        from the global model and its clean data;
     3. with ``attack.corrupt``, breaks its weights (:mod:`fedbackdoor.attacks.corrupt`).
 
+    A client that runs the federation's code -- every benign one, and a malicious one under
+    ``attack.follows_protocol=true`` (poisoned data, honest code) -- sanitizes its data with
+    ``sanitize`` (on the round's global model) and trains with DP-SGD under ``client_dp``;
+    malicious code skips both. With ``gradient_analysis``, a malicious client also measures its
+    poisoned and clean samples' mean gradients on the global model
+    (:func:`~fedbackdoor.privacy.gradient_analysis`).
+
     Server-side model poisoning (scaling, ALIE, ...) is applied to the stacked updates where
     the round's updates are gathered: see :mod:`fedbackdoor.attacks._contract`.
     """
     world = prepare_client(cfg_yaml)
     cfg, data, model = world.cfg, world.data, world.model
     device = resolve_device(str(cfg.device))
+    seed = int(cfg.seed)
     idx = torch.as_tensor(spec.indices, dtype=torch.long)
     x, y = data.x_train[idx], data.y_train[idx]
     clean_x, clean_y = x, y
+    poisoned = torch.zeros(len(y), dtype=torch.bool)
     if spec.malicious and world.poison is not None:
-        x, y, _ = world.poison(
+        x, y, poisoned = world.poison(
             x,
             y,
-            generator=make_generator(int(cfg.seed), "poison", spec.partition),
+            generator=make_generator(seed, "poison", spec.partition),
             attacker_index=spec.attacker_index,
             num_attackers=spec.num_attackers,
         )
     model.load_state_dict(global_state)
     model.to(device)
+    honest_code = not spec.malicious or bool(cfg.attack.get("follows_protocol", False))
+    report: dict[str, float] = {}
+    if spec.malicious and cfg.get("gradient_analysis") and bool(poisoned.any()):
+        bound = None if world.dp is None else float(world.dp.max_grad_norm)
+        stats = gradient_analysis(model, x, y, poisoned, max_grad_norm=bound, device=device)
+        report.update({f"grad_{k}": v for k, v in stats.items()})
+    if honest_code and world.sanitize is not None:
+        keep = world.sanitize(
+            model,
+            x,
+            y,
+            generator=make_generator(seed, "sanitize", spec.round, spec.partition),
+            num_classes=data.num_classes,
+            device=device,
+        )
+        keep = torch.as_tensor(keep, dtype=torch.bool).cpu()
+        report.update(
+            san_removed=float((~keep).sum()),
+            san_removed_poisoned=float((~keep & poisoned).sum()),
+            san_poisoned=float(poisoned.sum()),
+        )
+        if bool(keep.any()):  # a sanitizer never leaves a client without data
+            x, y, poisoned = x[keep], y[keep], poisoned[keep]
     epochs, lr, constraint = int(cfg.local_epochs), float(cfg.lr), None
     if spec.malicious:
         epochs = int(cfg.attack.get("local_epochs") or epochs)
         lr = float(cfg.attack.get("lr") or lr)
         if world.local_attack is not None:
             constraint = world.local_attack(model, clean_x, clean_y)
+    private = None
+    if honest_code and world.dp is not None:
+        sigma = world.dp.noise_for(len(y), int(cfg.batch_size), epochs, int(cfg.num_rounds))
+        private = PrivateSteps(
+            noise_multiplier=sigma,
+            max_grad_norm=float(world.dp.max_grad_norm),
+            noise_generator=make_generator(seed, "dp-noise", spec.round, spec.partition),
+        )
     result = train(
         model,
         x,
@@ -139,13 +188,21 @@ def client_update(
         lr=lr,
         momentum=float(cfg.momentum),
         weight_decay=float(cfg.weight_decay),
-        generator=make_generator(int(cfg.seed), "train", spec.round, spec.partition),
+        generator=make_generator(seed, "train", spec.round, spec.partition),
         device=device,
         hooks=constraint,
+        private=private,
     )
+    if private is not None:
+        assert result.sample_rate is not None
+        report.update(
+            dp_noise_multiplier=private.noise_multiplier,
+            dp_sample_rate=result.sample_rate,
+            dp_steps=float(result.steps),
+        )
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if constraint is not None:
         state = constraint.finish(state, global_state)
     if spec.malicious and world.corrupt is not None:
         state = world.corrupt(state)  # broken weights: see attacks.corrupt
-    return state, result
+    return state, result, report

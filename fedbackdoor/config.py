@@ -7,6 +7,7 @@ line instead of deep inside a Ray actor.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -129,6 +130,10 @@ KEY_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "attack.start_round": _int_at_least(1),
     "attack.end_round": _optional((_is_int, "an integer")),
     "attack.every": _int_at_least(1),
+    "attack.follows_protocol": (lambda v: isinstance(v, bool), "true or false"),
+    "gradient_analysis": (lambda v: isinstance(v, bool), "true or false"),
+    "posttrain.every": _optional(_int_at_least(1)),
+    "posttrain.server_size": _int_at_least(1),
     "backend.client_resources.num_cpus": _number_above(0),
     "backend.client_resources.num_gpus": _number_from(0),
     "backend.parallel_runs": _int_at_least(1),
@@ -178,6 +183,31 @@ def _check_cross_keys(cfg: DictConfig) -> None:
         f"attack.update={update!r} must be an option of conf/attack/update "
         f"(choose it with attack.update=<name> on the command line, or attack/update=<name>)",
     )
+    if attack.get("follows_protocol"):
+        # Poisoned data, honest code: the attackers run the federation's training code, so
+        # nothing that needs malicious code may be set.
+        needs_code = {
+            "attack.boost": attack.get("boost", 1.0) not in (1, 1.0),
+            "attack.local_epochs": attack.get("local_epochs") is not None,
+            "attack.lr": attack.get("lr") is not None,
+            "attack.corrupt": attack.get("corrupt") is not None,
+            "attack.update": isinstance(update, DictConfig)
+            and (update.get("apply") is not None or update.get("train") is not None),
+        }
+        for key, set_ in needs_code.items():
+            value = OmegaConf.select(cfg, key)
+            shown = "(an update attack)" if key == "attack.update" else repr(value)
+            _require(
+                not set_,
+                f"attack.follows_protocol=true (poisoned data, honest code) but {key}={shown} "
+                "needs malicious code; set attack.follows_protocol=false or drop it",
+            )
+    for name in ("client_dp", "sanitize"):
+        node = cfg.get(name)
+        _require(
+            node is None or isinstance(node, DictConfig),
+            f"{name}={node!r} must be an option of conf/{name} (choose it with {name}=<option>)",
+        )
 
 
 def _last_line(exc: BaseException) -> str:
@@ -280,6 +310,12 @@ def _check_components(cfg: DictConfig) -> None:
         )
     _built(cfg, "attack.update.apply", lambda: _try_update_attack(cfg, generator))
     _built(cfg, "attack.update.train", lambda: _try_training_attack(cfg, x, y))
+    if cfg.get("client_dp") is not None:
+        _built(cfg, "client_dp", lambda: instantiate(cfg.client_dp))
+    if cfg.get("sanitize") is not None:
+        _built(cfg, "sanitize", lambda: _try_sanitizer(cfg, x, y, generator))
+    for name, node in (OmegaConf.select(cfg, "posttrain.defenses") or {}).items():
+        _built(cfg, f"posttrain.defenses.{name}", functools.partial(_try_signature, node))
     pieces = ["defense.rule"]
     pieces += [f"defense.pre.{i}" for i in range(len(cfg.defense.get("pre") or []))]
     pieces += [f"defense.post.{i}" for i in range(len(cfg.defense.get("post") or []))]
@@ -294,6 +330,36 @@ def _check_components(cfg: DictConfig) -> None:
             raise ConfigError(message) from None
         named = _user_key(cfg, pieces, message)
         raise ConfigError(f"{named or 'defense'}: {message}") from None
+
+
+def _try_sanitizer(
+    cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+) -> None:
+    """Run the sanitizer on a tiny model and batch (its settings checked by itself)."""
+    from hydra.utils import instantiate  # noqa: PLC0415
+    from torch import nn  # noqa: PLC0415
+
+    classes = int(cfg.dataset.num_classes)
+    model = nn.Sequential(nn.Flatten(), nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, classes))
+    model(x)  # materialise the lazy layer
+    instantiate(cfg.sanitize)(model, x, y, generator=generator, num_classes=classes, device="cpu")
+
+
+def _try_signature(node: object) -> None:
+    """A post-training defense's settings name parameters of its function (running it needs
+    a trained model; a setting it refuses when it runs is recorded in posttrain.csv)."""
+    import functools  # noqa: PLC0415
+    import inspect  # noqa: PLC0415
+
+    from hydra.utils import instantiate  # noqa: PLC0415
+
+    built = instantiate(node)
+    if not isinstance(built, functools.partial):
+        raise TypeError("a posttrain defense must be a function with `_partial_: true`")
+    try:
+        inspect.signature(built.func).bind_partial(**built.keywords)
+    except TypeError as exc:
+        raise TypeError(f"{built.func.__name__}: {exc}") from None
 
 
 def _try_update_attack(cfg: DictConfig, generator: torch.Generator) -> None:

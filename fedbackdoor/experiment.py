@@ -62,8 +62,12 @@ def build_partitions(cfg: DictConfig, data: ImageData) -> list[np.ndarray]:
     return partition_indices(data.y_train.numpy(), partitioner, seed=int(cfg.seed))
 
 
-def build_model(cfg: DictConfig, data: ImageData) -> nn.Module:
-    """The global model, initialised from the run's seed (same seed, same weights)."""
+def build_model(cfg: DictConfig, data: ImageData, *, fixed: list[str] | None = None) -> nn.Module:
+    """The global model, initialised from the run's seed (same seed, same weights).
+
+    With ``client_dp``, the model Opacus can train per example
+    (:func:`~fedbackdoor.privacy.fix_model`: BatchNorm -> GroupNorm), for the server and the
+    clients alike; what was changed is appended to ``fixed``."""
     with seeded_init(int(cfg.seed), "model-init"):
         model: nn.Module = instantiate(
             cfg.model,
@@ -73,6 +77,12 @@ def build_model(cfg: DictConfig, data: ImageData) -> nn.Module:
             mean=list(data.mean),
             std=list(data.std),
         )
+        if cfg.get("client_dp") is not None:
+            from fedbackdoor.privacy import fix_model  # noqa: PLC0415 (Opacus: only with DP)
+
+            model, problems = fix_model(model)
+            if fixed is not None:
+                fixed += problems
     return model
 
 

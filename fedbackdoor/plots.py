@@ -447,3 +447,117 @@ def plot_durability(
         _legend_above(axes[0], handles)
         fig.tight_layout()
         return _save(fig, out)
+
+
+def plot_posttrain(posttrain: pd.DataFrame, out: str | Path, *, by: str = "defense") -> list[Path]:
+    """Backdoor accuracy before and after each post-training defense, per value of ``by``
+    (the aggregation rule), at each run's last checkpoint: grouped bars, the mean over the runs
+    that share the settings (seeds) with a whisker from their minimum to their maximum; the
+    main accuracy after each as a dot on a second panel.
+
+    ``posttrain`` is a :func:`~fedbackdoor.results.gather_posttrain` table. Detectors (STRIP,
+    Neural Cleanse without unlearning) leave the model unchanged, so their "after" equals
+    "before"; rows that were skipped or failed are left out.
+    """
+    need = {"run", "round", "defense", "backdoor_acc_before", "backdoor_acc_after"}
+    if posttrain.empty or not need <= set(posttrain.columns):
+        return []
+    last = posttrain[posttrain["round"] == posttrain.groupby("run")["round"].transform("max")]
+    last = last[last["backdoor_acc_after"].notna()]
+    if last.empty:
+        return []
+    keys = [k for k in _series_keys(last, by, skip=("defense",)) if k != "defense"]
+    keys = [by] if by in last.columns and not keys else keys
+    label_of = {}
+    groups = _groups(last, keys) if keys and by in last.columns else [((), last)]
+    bars = ["before", *sorted(last["defense"].unique())]
+    with _paper_style():
+        fig = Figure(figsize=(COLUMN_WIDTH, 2.9))
+        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+        width = 0.8 / len(bars)
+        for g, (values, group) in enumerate(groups):
+            label_of[g] = _label(keys, values, by) if keys else "all runs"
+            per_run = group.groupby("run")
+            before = per_run["backdoor_acc_before"].first()
+            before_main = per_run["main_acc_before"].first()
+            for b, bar in enumerate(bars):
+                if bar == "before":
+                    acc, main = before, before_main
+                else:
+                    rows = group[group["defense"] == bar]
+                    acc, main = rows["backdoor_acc_after"], rows["main_acc_after"]
+                if acc.empty:
+                    continue
+                x = g + (b - (len(bars) - 1) / 2) * width
+                mean = float(acc.mean())
+                top.bar(x, mean, width, color=f"C{b}", label=bar if g == 0 else None)
+                if acc.max() > acc.min():
+                    top.errorbar(
+                        x, mean, yerr=[[mean - acc.min()], [acc.max() - mean]], color="k",
+                        lw=0.6, capsize=1.5,
+                    )  # fmt: skip
+                bottom.plot(x, float(main.mean()), "o", color=f"C{b}")
+        top.set_ylabel("backdoor accuracy")
+        top.set_ylim(0, 1.02)
+        top.grid(True, axis="y")
+        bottom.set_ylabel("main accuracy")
+        bottom.grid(True, axis="y")
+        bottom.set_xticks(range(len(groups)), [label_of[g] for g in range(len(groups))])
+        for tick in bottom.get_xticklabels():
+            tick.set_rotation(30 if len(groups) > 3 else 0)
+            tick.set_ha("right" if len(groups) > 3 else "center")
+        _legend_above(top)
+        fig.tight_layout()
+        return _save(fig, out)
+
+
+def plot_gradients(clients: pd.DataFrame, out: str | Path, *, by: str = "client_dp") -> list[Path]:
+    """Hong et al.'s two artifacts per round: the norm of the malicious clients' mean gradient
+    on poisoned samples against that on clean samples (top), and the cosine between the two
+    (bottom), averaged over the round's malicious clients and the runs that share settings;
+    the per-example-clipped values (what DP-SGD's clipping lets through) dashed, where logged.
+
+    ``clients`` is a :func:`~fedbackdoor.results.gather_clients` table; needs the ``grad_*``
+    columns of runs with ``gradient_analysis=true``.
+    """
+    need = {"run", "round", "grad_poison_norm", "grad_clean_norm", "grad_cosine"}
+    if clients.empty or not need <= set(clients.columns):
+        return []
+    rows = clients[clients["grad_poison_norm"].notna()]
+    if rows.empty:
+        return []
+    keys = [k for k in _series_keys(rows, by) if rows[k].nunique(dropna=False) > 1]
+    with _paper_style():
+        fig = Figure(figsize=(COLUMN_WIDTH, 3.0))
+        top, bottom = fig.subplots(2, 1, sharex=True)
+        for i, (values, group) in enumerate(_groups(rows, keys)):
+            label = _label(keys, values, by) if keys else ""
+            colour = f"C{i % 10}"
+            means = group.groupby("round")[
+                [c for c in group.columns if c.startswith("grad_")]
+            ].mean()
+            top.plot(means.index, means["grad_poison_norm"], color=colour, marker="o",
+                     label=f"poisoned {label}".strip())  # fmt: skip
+            top.plot(means.index, means["grad_clean_norm"], color=colour, marker="s", alpha=0.6,
+                     label=f"clean {label}".strip())  # fmt: skip
+            bottom.plot(means.index, means["grad_cosine"], color=colour, marker="o")
+            if (
+                "grad_poison_norm_clipped" in means
+                and means["grad_poison_norm_clipped"].notna().any()
+            ):
+                top.plot(means.index, means["grad_poison_norm_clipped"], color=colour, ls="--",
+                         marker="o", label=f"poisoned, clipped {label}".strip())  # fmt: skip
+                top.plot(means.index, means["grad_clean_norm_clipped"], color=colour, ls="--",
+                         marker="s", alpha=0.6)  # fmt: skip
+                bottom.plot(means.index, means["grad_cosine_clipped"], color=colour, ls="--")
+        top.set_ylabel("gradient norm")
+        top.set_yscale("log")
+        top.grid(True)
+        bottom.set_ylabel("cosine")
+        bottom.set_ylim(-1.02, 1.02)
+        bottom.grid(True)
+        bottom.set_xlabel("round")
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _legend_above(top)
+        fig.tight_layout()
+        return _save(fig, out)

@@ -15,8 +15,23 @@ from pathlib import Path
 import pandas as pd
 
 from fedbackdoor.files import atomic_path
-from fedbackdoor.plots import plot_durability, plot_heatmap, plot_poisoning_curve, plot_rounds
-from fedbackdoor.results import SkippedRunWarning, find_runs, gather_runs, summarize
+from fedbackdoor.plots import (
+    plot_durability,
+    plot_gradients,
+    plot_heatmap,
+    plot_poisoning_curve,
+    plot_posttrain,
+    plot_rounds,
+)
+from fedbackdoor.results import (
+    SkippedRunWarning,
+    find_runs,
+    gather_clients,
+    gather_posttrain,
+    gather_runs,
+    posttrain_summary,
+    summarize,
+)
 
 #: The report's folder inside DIR.
 REPORT_DIR = "report"
@@ -79,6 +94,10 @@ def write_report(root: str | Path, *, threshold: float = 0.5) -> Path:
     if rounds.empty:
         raise NoRunsError(f"no readable run under {root}")
     summary = summarize(rounds, threshold=threshold)
+    posttrain = gather_posttrain(root, rounds)
+    clients = gather_clients(root, rounds)
+    if not posttrain.empty:
+        summary = summary.merge(posttrain_summary(posttrain), on="run", how="left")
 
     out = root / REPORT_DIR
     out.mkdir(exist_ok=True)
@@ -88,7 +107,14 @@ def write_report(root: str | Path, *, threshold: float = 0.5) -> Path:
         rounds.to_csv(tmp, index=False)
     with atomic_path(out / "summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
+    if not posttrain.empty:
+        with atomic_path(out / "posttrain.csv") as tmp:
+            posttrain.to_csv(tmp, index=False)
+    elif (out / "posttrain.csv").exists():
+        (out / "posttrain.csv").unlink()
     written = set(_figures(rounds, summary, out))
+    written |= set(plot_posttrain(posttrain, out / "posttrain"))
+    written |= set(plot_gradients(clients, out / "gradients"))
     for stale in [*out.glob("*.png"), *out.glob("*.pdf")]:
         if stale not in written:
             stale.unlink()
@@ -104,10 +130,10 @@ def describe(report: Path) -> list[str]:
         shown = ", ".join(incomplete[:5]) + (", ..." if len(incomplete) > 5 else "")
         lines[0] += f", {len(incomplete)} incomplete ({shown})"
     figures = sorted(p.stem for p in report.glob("*.png"))
-    lines.append(
-        "tables: rounds.parquet rounds.csv summary.csv; figures: "
-        + (" ".join(figures) if figures else "none apply")
+    tables = "rounds.parquet rounds.csv summary.csv" + (
+        " posttrain.csv" if (report / "posttrain.csv").exists() else ""
     )
+    lines.append(f"tables: {tables}; figures: " + (" ".join(figures) if figures else "none apply"))
     return lines
 
 

@@ -54,6 +54,9 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "mean_influence",
     "rounds_skipped",
     "rounds_diverged",
+    "dp_epsilon",
+    "san_precision",
+    "san_recall",
     "seconds_per_round",
     "aggregate_share",
     "rounds",
@@ -289,6 +292,27 @@ def _count(trained: pd.DataFrame, column: str) -> int:
     return int((trained[column].fillna(0) > 0).sum()) if column in trained else 0
 
 
+def _last(trained: pd.DataFrame, column: str) -> float:
+    if column not in trained:
+        return math.nan
+    values = trained[column].dropna()
+    return float(values.iloc[-1]) if len(values) else math.nan
+
+
+def _sanitization(trained: pd.DataFrame) -> dict[str, float]:
+    """Run-level precision and recall of the sanitizers from the rounds' totals."""
+    if "san_removed" not in trained or not trained["san_removed"].notna().any():
+        return {"san_precision": math.nan, "san_recall": math.nan}
+    rows = trained[trained["san_removed"].notna()]
+    removed_poisoned = (rows["san_precision"].fillna(0) * rows["san_removed"]).round()
+    return {
+        "san_precision": ratio(removed_poisoned, rows["san_removed"]),
+        "san_recall": ratio(removed_poisoned, rows["san_poisoned"])
+        if "san_poisoned" in rows
+        else math.nan,
+    }
+
+
 def summarize(rounds: pd.DataFrame, *, threshold: float = 0.5) -> pd.DataFrame:
     """One row per run of a :func:`gather_runs` table: its identifying columns, then
 
@@ -314,6 +338,13 @@ def summarize(rounds: pd.DataFrame, *, threshold: float = 0.5) -> pd.DataFrame:
         rounds >= 1 in which the global model was not updated (the rule could not run, no
         valid update, a non-finite aggregate), and rounds whose global model computed a
         non-finite output on a test input;
+    ``dp_epsilon``
+        with ``client_dp``: the largest privacy spending of any client by the last round (at
+        ``client_dp.delta``); NaN without DP-SGD;
+    ``san_precision``, ``san_recall``
+        with ``sanitize``: over the whole run, the share of the samples the sanitizers dropped
+        that were poisoned, and the share of the poisoned samples they were given that they
+        dropped; NaN without sanitization (or without poisoned samples, for the recall);
     ``seconds_per_round``
         the mean of ``seconds`` over rounds >= 1;
     ``aggregate_share``
@@ -346,6 +377,8 @@ def summarize(rounds: pd.DataFrame, *, threshold: float = 0.5) -> pd.DataFrame:
             mean_influence=_mean_influence(trained),
             rounds_skipped=_count(trained, "skipped"),
             rounds_diverged=_count(trained, "diverged"),
+            dp_epsilon=_last(trained, "dp_epsilon"),
+            **_sanitization(trained),
             seconds_per_round=float(trained["seconds"].mean()) if len(trained) else math.nan,
             aggregate_share=_aggregate_share(trained),
             rounds=len(trained),
@@ -366,3 +399,82 @@ def summarize(rounds: pd.DataFrame, *, threshold: float = 0.5) -> pd.DataFrame:
         for _, row in summary.iterrows()
     ]
     return summary.infer_objects()
+
+
+# --- per-run side files: post-training defenses, clients' reports ------------------------------
+
+#: The columns of a run's ``posttrain.csv`` that :func:`posttrain_summary` carries into the
+#: run's summary row (as ``<defense>.<column>``), at the run's final checkpoint.
+POSTTRAIN_SUMMARY: tuple[str, ...] = (
+    "main_acc_after",
+    "backdoor_acc_after",
+    "anomaly_index",
+    "flagged_labels",
+    "target_flagged",
+    "pruned_share",
+    "frr",
+    "far",
+    "skipped",
+    "error",
+)
+
+
+#: Columns of the side files that hold text made of numbers ("0 3": labels), kept as text.
+_TEXT_COLUMNS = {"flagged_labels": str, "mask_l1": str, "attack_success": str, "layer": str}
+
+
+def _side_table(root: str | Path, rounds: pd.DataFrame, filename: str) -> pd.DataFrame:
+    """Every run's ``filename`` (a CSV beside its metrics) with the run's identifying columns
+    in front; runs without one are left out; an unreadable one is skipped with a warning."""
+    root = Path(root)
+    ident = [c for c in identity_columns(rounds) if c != "complete"]
+    frames = []
+    for name, run in rounds.groupby("run", sort=False):
+        path = root / str(name) / filename
+        if not path.is_file():
+            continue
+        try:
+            table = pd.read_csv(path, dtype=_TEXT_COLUMNS)
+        except (OSError, ValueError, pd.errors.EmptyDataError) as exc:
+            warnings.warn(f"skipped {path}: {exc}", SkippedRunWarning, stacklevel=3)
+            continue
+        first = run.iloc[0]
+        head = pd.DataFrame({c: [first[c]] * len(table) for c in ident})
+        frames.append(pd.concat([head, table], axis=1))
+    if not frames:
+        return pd.DataFrame(columns=ident)
+    return pd.concat(frames, ignore_index=True).infer_objects()
+
+
+def gather_posttrain(root: str | Path, rounds: pd.DataFrame) -> pd.DataFrame:
+    """Every run's ``posttrain.csv`` (:mod:`fedbackdoor.posttrain.runner`: one row per
+    checkpoint and post-training defense), the run's identifying columns in front."""
+    return _side_table(root, rounds, "posttrain.csv")
+
+
+def gather_clients(root: str | Path, rounds: pd.DataFrame) -> pd.DataFrame:
+    """Every run's ``clients.csv`` (one row per client and round: DP-SGD spending,
+    sanitization counts, gradient analysis), the run's identifying columns in front."""
+    return _side_table(root, rounds, "clients.csv")
+
+
+def posttrain_summary(posttrain: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: the :data:`POSTTRAIN_SUMMARY` columns of each post-training defense at
+    the run's last checkpoint, as ``<defense>.<column>`` (e.g. ``neural_cleanse.anomaly_index``,
+    ``fine_pruning.backdoor_acc_after``)."""
+    if posttrain.empty or "defense" not in posttrain:
+        return pd.DataFrame(columns=["run"])
+    rows = []
+    for name, run in posttrain.groupby("run", sort=False):
+        last = run[run["round"] == run["round"].max()]
+        row: dict[str, object] = {"run": name}
+        for _, entry in last.iterrows():
+            for column in POSTTRAIN_SUMMARY:
+                if column in entry and not _missing_cell(entry[column]):
+                    row[f"{entry['defense']}.{column}"] = entry[column]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _missing_cell(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -13,14 +13,18 @@ import json
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from fedbackdoor.files import atomic_path
 from fedbackdoor.server_step import RoundRecord
+
+if TYPE_CHECKING:  # the ledger needs torch and Opacus; readers of run files do not
+    from fedbackdoor.privacy import PrivacyLedger
 
 #: Columns of ``metrics.csv``, in order. Accuracies are fractions in [0, 1].
 COLUMNS: tuple[str, ...] = (
@@ -39,9 +43,49 @@ COLUMNS: tuple[str, ...] = (
     "mal_influence",
     "skipped",
     "diverged",
+    "dp_epsilon",
+    "san_removed",
+    "san_poisoned",
+    "san_precision",
+    "san_recall",
     "seconds",
     "aggregate_seconds",
 )
+
+#: Columns of ``clients.csv``: one row per client and round, what the client measured besides
+#: its weights (blank where it did not: DP-SGD, sanitization, gradient analysis). ``dp_epsilon``
+#: is the client's spending so far at ``client_dp.delta`` (composed over its rounds by
+#: :class:`~fedbackdoor.privacy.PrivacyLedger`).
+CLIENT_COLUMNS: tuple[str, ...] = (
+    "round",
+    "client",
+    "malicious",
+    "train_loss",
+    "dp_noise_multiplier",
+    "dp_sample_rate",
+    "dp_steps",
+    "dp_epsilon",
+    "san_removed",
+    "san_removed_poisoned",
+    "san_poisoned",
+    "grad_poison_norm",
+    "grad_clean_norm",
+    "grad_cosine",
+    "grad_poison_norm_clipped",
+    "grad_clean_norm_clipped",
+    "grad_cosine_clipped",
+)
+
+
+@dataclass(frozen=True)
+class ClientReport:
+    """What one client reported in a round besides its weights (see :data:`CLIENT_COLUMNS`)."""
+
+    client: int
+    malicious: bool
+    train_loss: float
+    values: Mapping[str, float]
+
 
 #: The columns that measure time: everything else is reproducible from the config and seed.
 TIMING_COLUMNS: tuple[str, ...] = ("seconds", "aggregate_seconds")
@@ -56,13 +100,20 @@ def _cell(value: object) -> object:
 class MetricsWriter:
     """Appends one row per round to a CSV file, flushing after each row."""
 
-    def __init__(self, path: str | Path, extra_columns: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        extra_columns: Sequence[str] = (),
+        *,
+        columns: Sequence[str] = COLUMNS,
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        columns = tuple(columns)
         # Extra columns (e.g. DBA's backdoor_acc_part<i>) go after backdoor_acc.
-        at = COLUMNS.index("backdoor_acc") + 1
-        extra = tuple(c for c in extra_columns if c not in COLUMNS)
-        self.columns: tuple[str, ...] = COLUMNS[:at] + extra + COLUMNS[at:]
+        at = columns.index("backdoor_acc") + 1 if "backdoor_acc" in columns else len(columns)
+        extra = tuple(c for c in extra_columns if c not in columns)
+        self.columns: tuple[str, ...] = columns[:at] + extra + columns[at:]
         self._file: IO[str] = self.path.open("w", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
         self._writer.writeheader()
@@ -205,6 +256,16 @@ class RunRecorder:
         More fields for ``run.json``.
     label : str, optional
         Starts every terminal line (runs in parallel).
+    privacy : PrivacyLedger, optional
+        With ``client_dp``: composes each client's DP-SGD spending over its rounds; its
+        epsilons go to ``clients.csv`` (per client) and ``metrics.csv`` (``dp_epsilon``: the
+        largest of any client so far).
+
+    Every round also appends the clients' reports to ``clients.csv`` (:data:`CLIENT_COLUMNS`),
+    and the round's sanitization totals to ``metrics.csv``, over the clients that sanitized:
+    ``san_removed`` (samples the sanitizers dropped), ``san_poisoned`` (poisoned samples they
+    were given), ``san_precision`` (share of the dropped that were poisoned) and
+    ``san_recall`` (share of the poisoned that were dropped).
     """
 
     def __init__(
@@ -216,8 +277,10 @@ class RunRecorder:
         columns: Sequence[str],
         meta: Mapping[str, object] | None = None,
         label: str | None = None,
+        privacy: PrivacyLedger | None = None,
     ) -> None:
         self.run_dir = run_dir
+        self.privacy = privacy
         self.num_rounds = num_rounds
         self.lead = f"{label} " if label else ""
         self.started = time.perf_counter()
@@ -225,6 +288,7 @@ class RunRecorder:
         (run_dir / "config.yaml").write_text(cfg_yaml)
         write_run_status(run_dir, status="running", num_rounds=num_rounds, **dict(meta or {}))
         self.writer = MetricsWriter(run_dir / "metrics.csv", extra_columns=columns)
+        self.clients = MetricsWriter(run_dir / "clients.csv", columns=CLIENT_COLUMNS)
         self.diverged: list[int] = []
         self.skipped: list[int] = []
 
@@ -242,10 +306,12 @@ class RunRecorder:
         evaluation: Mapping[str, float],
         record: RoundRecord | None,
         seconds: float,
+        clients: Sequence[ClientReport] = (),
     ) -> None:
-        """Write the round's row and say it: accuracies, clients, rejections, and whether the
-        round was skipped or the model diverged."""
+        """Write the round's row (and its clients' rows) and say it: accuracies, clients,
+        rejections, and whether the round was skipped or the model diverged."""
         row = round_row(round_, evaluation, record, seconds)
+        row.update(self._client_rows(round_, clients))
         self.writer.write(row)
         extra = ""
         if record is not None:
@@ -263,6 +329,45 @@ class RunRecorder:
             f"backdoor_acc {evaluation['backdoor_acc']:.4f}{extra}  {seconds:.2f}s"
         )
 
+    def _client_rows(self, round_: int, clients: Sequence[ClientReport]) -> dict[str, object]:
+        """Write the clients' rows; return the round's DP and sanitization columns."""
+        removed = removed_poisoned = poisoned = 0.0
+        sanitized = False
+        for report in clients:
+            values = {k: v for k, v in report.values.items() if k in CLIENT_COLUMNS}
+            if self.privacy is not None and "dp_steps" in values:
+                values["dp_epsilon"] = self.privacy.spend(
+                    report.client,
+                    noise_multiplier=values.get("dp_noise_multiplier", math.nan),
+                    sample_rate=values.get("dp_sample_rate", math.nan),
+                    steps=int(values["dp_steps"]),
+                )
+            if "san_removed" in values:
+                sanitized = True
+                removed += values["san_removed"]
+                removed_poisoned += values.get("san_removed_poisoned", 0.0)
+                poisoned += values.get("san_poisoned", 0.0)
+            self.clients.write(
+                {
+                    "round": round_,
+                    "client": report.client,
+                    "malicious": int(report.malicious),
+                    "train_loss": report.train_loss,
+                    **values,
+                }
+            )
+        out: dict[str, object] = {}
+        if self.privacy is not None and round_ >= 1:
+            out["dp_epsilon"] = self.privacy.max_epsilon()
+        if sanitized:
+            out.update(
+                san_removed=removed,
+                san_poisoned=poisoned,
+                san_precision=removed_poisoned / removed if removed else math.nan,
+                san_recall=removed_poisoned / poisoned if poisoned else math.nan,
+            )
+        return out
+
     def finish(self, state_dict: Mapping[str, object]) -> None:
         """Save the final global model (``model.pt``) and mark the run complete; say what a
         reader of the numbers must know (diverged or skipped rounds, detection totals)."""
@@ -270,6 +375,7 @@ class RunRecorder:
 
         torch.save(dict(state_dict), self.run_dir / "model.pt")
         self.writer.close()
+        self.clients.close()
         totals = detection_totals(load_metrics(self.writer.path))
         detection = None if math.isnan(totals["det_tp"]) else totals  # rule flags nobody
         self.note(
@@ -300,3 +406,4 @@ class RunRecorder:
 
     def close(self) -> None:
         self.writer.close()
+        self.clients.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from hydra.utils import instantiate
@@ -52,6 +52,8 @@ class ServerWorld:
     partitions: list[np.ndarray]
     #: The initial model's evaluation (round 0) and the seconds it took.
     initial: tuple[dict[str, float], float]
+    #: What Opacus' ModuleValidator.fix changed in the model for ``client_dp`` (to say).
+    fixed_for_dp: list[str] = field(default_factory=list)
 
 
 #: What the runs of one process (a sweep on a shared engine) can share: partitions and the
@@ -81,7 +83,8 @@ def prepare_server(cfg: DictConfig) -> ServerWorld:
     device) share it: a sweep over attacker fractions or defenses computes each once.
     """
     data = build_data(cfg)
-    model = build_model(cfg, data)
+    fixed: list[str] = []
+    model = build_model(cfg, data, fixed=fixed)
     evaluator = build_evaluator(cfg, data)
     key = _key(cfg, "dataset", "partition", "num_clients", "seed")
     if key not in _PARTITIONS:
@@ -90,6 +93,7 @@ def prepare_server(cfg: DictConfig) -> ServerWorld:
         cfg,
         "dataset",
         "model",
+        "client_dp",
         "seed",
         "attack.backdoor_test",
         "attack.backdoor_parts",
@@ -108,6 +112,7 @@ def prepare_server(cfg: DictConfig) -> ServerWorld:
         evaluator=evaluator,
         partitions=_PARTITIONS[key],
         initial=_INITIAL[initial_key],
+        fixed_for_dp=fixed,
     )
 
 

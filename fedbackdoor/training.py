@@ -8,6 +8,7 @@ drawn from the caller's ``torch.Generator`` only.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -28,12 +29,26 @@ class TrainingHooks(Protocol):
 
 
 @dataclass(frozen=True)
+class PrivateSteps:
+    """DP-SGD in :func:`train` (:mod:`fedbackdoor.privacy` builds it from ``client_dp``):
+    Opacus' per-example clipping at ``max_grad_norm`` and Gaussian noise of std
+    ``noise_multiplier x max_grad_norm`` drawn from ``noise_generator``, batches drawn by
+    Poisson sampling."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    noise_generator: torch.Generator
+
+
+@dataclass(frozen=True)
 class TrainResult:
-    """What a local training run reports."""
+    """What a local training run reports (``sample_rate`` only for DP-SGD: each example's
+    chance to be in a step's batch)."""
 
     num_examples: int
     mean_loss: float
     steps: int
+    sample_rate: float | None = None
 
 
 def train(
@@ -50,6 +65,7 @@ def train(
     device: torch.device | str = "cpu",
     hooks: TrainingHooks | None = None,
     steps: int | None = None,
+    private: PrivateSteps | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with mini-batch SGD on ``(x, y)``.
 
@@ -74,6 +90,14 @@ def train(
         E.g. a malicious client's training-time attack (:mod:`fedbackdoor.attacks.constraints`):
         ``after_backward`` runs before every optimizer step, ``after_step`` after it. Built
         for this model after it was moved to ``device``.
+    private : PrivateSteps, optional
+        Train with DP-SGD (Abadi et al. 2016) through Opacus: the model is wrapped in Opacus'
+        ``GradSampleModule`` for the call (its hooks removed after), the optimizer in its
+        ``DPOptimizer``. Each epoch takes ``ceil(N / batch_size)`` steps whose batches hold
+        every sample independently with probability ``q = 1 / ceil(N / batch_size)`` (Poisson
+        sampling, drawn from ``generator``: what Opacus' accountants assume), and the clipped
+        sum is divided by ``int(N q)``, Opacus' expected batch size. A step whose batch is
+        empty still adds the noise, as Opacus does.
 
     Returns
     -------
@@ -88,6 +112,11 @@ def train(
         raise ValueError("cannot train on an empty dataset")
     model.to(device).train()
     x, y = x.to(device), y.to(device)
+    if private is not None:
+        return _train_private(
+            model, x, y, epochs, batch_size, generator, private, hooks, steps,
+            lr=lr, momentum=momentum, weight_decay=weight_decay,
+        )  # fmt: skip
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
     )
@@ -110,6 +139,72 @@ def train(
             total += float(loss.detach())
             taken += 1
     return TrainResult(num_examples=n, mean_loss=total / taken, steps=taken)
+
+
+def _train_private(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    private: PrivateSteps,
+    hooks: TrainingHooks | None,
+    steps: int | None,
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+) -> TrainResult:
+    """:func:`train`'s loop with Opacus' DP-SGD (see its ``private``)."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    n = int(y.shape[0])
+    per_epoch = max(1, -(-n // batch_size))
+    rate = 1.0 / per_epoch
+    module = GradSampleModule(model)
+    try:
+        optimizer = DPOptimizer(
+            torch.optim.SGD(
+                module.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+            ),
+            noise_multiplier=private.noise_multiplier,
+            max_grad_norm=private.max_grad_norm,
+            expected_batch_size=max(1, int(n * rate)),
+            generator=private.noise_generator,
+        )
+        loss_fn = nn.CrossEntropyLoss()
+        total, taken, batches = 0.0, 0, 0
+        for _ in range(epochs):
+            for _ in range(per_epoch):
+                if steps is not None and taken >= steps:
+                    break
+                chosen = torch.rand(n, generator=generator) < rate
+                idx = chosen.nonzero().squeeze(1).to(x.device)
+                optimizer.zero_grad(set_to_none=True)
+                if len(idx):
+                    loss = loss_fn(module(x[idx]), y[idx])
+                    with warnings.catch_warnings():  # Opacus' hooks on the first layer, whose
+                        # input needs no gradient: harmless, said on every step otherwise
+                        warnings.filterwarnings("ignore", "Full backward hook is firing")
+                        loss.backward()
+                    total += float(loss.detach())
+                    batches += 1
+                else:  # an empty batch: no example's gradient, the noise all the same
+                    for p in module.parameters():
+                        if p.requires_grad:
+                            p.grad_sample = p.new_zeros((0, *p.shape))
+                if hooks is not None:
+                    hooks.after_backward()
+                optimizer.step()
+                if hooks is not None:
+                    hooks.after_step()
+                taken += 1
+    finally:
+        module._close()
+    mean = total / batches if batches else float("nan")
+    return TrainResult(num_examples=n, mean_loss=mean, steps=taken, sample_rate=rate)
 
 
 class Evaluation(NamedTuple):

@@ -60,7 +60,7 @@ def _worker_init() -> None:
 
 def _train(args: tuple[str, dict[str, torch.Tensor], ClientSpec]) -> dict[str, torch.Tensor]:
     cfg_yaml, state, spec = args
-    new_state, _ = client_update(cfg_yaml, state, spec)
+    new_state, _, _ = client_update(cfg_yaml, state, spec)
     return new_state
 
 

@@ -274,7 +274,7 @@ def exact_checks() -> list[Check]:
         global_params = layout.flatten(model.state_dict())
         global_buffers = layout.flatten_buffers(model.state_dict())
         spec = ClientSpec(round=1, partition=0, malicious=True, indices=torch.arange(600).numpy())
-        state, _ = client_update(OmegaConf.to_yaml(cfg, resolve=True), model.state_dict(), spec)
+        state, _, _ = client_update(OmegaConf.to_yaml(cfg, resolve=True), model.state_dict(), spec)
         attacker = layout.flatten(state)
         n = len(weights)
         malicious = torch.zeros(n, dtype=torch.bool)
@@ -354,7 +354,7 @@ def run_effect(effect: Effect, out: Path) -> tuple[list[Check], float]:
     ]
     # The runs' own wall time (from their run.json), whether run now or by an earlier call.
     seconds = sum(
-        float((read_run_status(out / effect.name / label) or {}).get("seconds", math.nan))  # type: ignore[arg-type]
+        float((read_run_status(out / effect.name / label) or {}).get("seconds", math.nan))  # type: ignore[arg-type,misc]
         for label in configs
     )
     return checks, seconds

@@ -39,8 +39,8 @@ def test_a_malicious_client_learns_the_trigger_and_a_benign_one_does_not() -> No
         return float((model(stamped).argmax(1) == target).float().mean())
 
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    bad, _ = client_update(cfg_yaml, start, ClientSpec(1, 0, True, indices))
-    good, result = client_update(cfg_yaml, start, ClientSpec(1, 0, False, indices))
+    bad, _, _ = client_update(cfg_yaml, start, ClientSpec(1, 0, True, indices))
+    good, result, _ = client_update(cfg_yaml, start, ClientSpec(1, 0, False, indices))
 
     assert result.num_examples == len(indices)
     assert share_of_target(bad) > 0.9
@@ -54,14 +54,14 @@ def test_client_update_is_reproducible() -> None:
     start = build_model(cfg, data).state_dict()
     spec = ClientSpec(3, 1, False, build_partitions(cfg, data)[1])
 
-    a, _ = client_update(cfg_yaml, start, spec)
-    b, _ = client_update(cfg_yaml, start, spec)
+    a, _, _ = client_update(cfg_yaml, start, spec)
+    b, _, _ = client_update(cfg_yaml, start, spec)
 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _update_norm(cfg_yaml: str, state: dict[str, torch.Tensor], spec: ClientSpec) -> float:
-    new, _ = client_update(cfg_yaml, state, spec)
+    new, _, _ = client_update(cfg_yaml, state, spec)
     return float(torch.cat([(new[k] - state[k]).flatten() for k in state]).norm())
 
 
@@ -89,8 +89,8 @@ def test_attackers_train_with_their_own_epochs() -> None:
     state = build_model(cfg, data).state_dict()
     indices = build_partitions(cfg, data)[0]
 
-    _, benign = client_update(cfg_yaml, state, ClientSpec(1, 0, False, indices))
-    _, malicious = client_update(cfg_yaml, state, ClientSpec(1, 0, True, indices))
+    _, benign, _ = client_update(cfg_yaml, state, ClientSpec(1, 0, False, indices))
+    _, malicious, _ = client_update(cfg_yaml, state, ClientSpec(1, 0, True, indices))
 
     # 5 benign epochs, 2 malicious ones over the same number of samples.
     assert benign.steps == 5 * malicious.steps // 2
@@ -110,3 +110,34 @@ def test_attackers_train_with_their_own_learning_rate() -> None:
     malicious = _update_norm(cfg_yaml, state, ClientSpec(1, 0, True, indices))
 
     assert malicious == pytest.approx(4 * benign, rel=1e-4)
+
+
+def _reports(overrides: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    cfg = compose_config([*SMALL, "attack=badnets", "local_epochs=1", *overrides])
+    cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    data = build_data(cfg)
+    start = build_model(cfg, data).state_dict()
+    indices = build_partitions(cfg, data)[0]
+    _, _, benign = client_update(cfg_yaml, start, ClientSpec(1, 0, False, indices))
+    _, _, malicious = client_update(cfg_yaml, start, ClientSpec(1, 0, True, indices))
+    return benign, malicious
+
+
+def test_malicious_code_skips_dp_sgd_and_sanitization_honest_code_runs_both() -> None:
+    stages = ["client_dp=dpsgd", "sanitize=isolation_forest", "gradient_analysis=true"]
+
+    benign, bypassing = _reports(stages)
+    _, honest_code = _reports([*stages, "attack.follows_protocol=true"])
+
+    for report in (benign, honest_code):
+        assert report["dp_noise_multiplier"] == 1.0 and report["dp_steps"] >= 1
+        assert report["san_removed"] >= 1
+    assert benign["san_poisoned"] == 0 and "grad_poison_norm" not in benign
+    assert not any(k.startswith(("dp_", "san_")) for k in bypassing)
+    # Half of the attacker's 500 samples are poisoned (attack.poison_ratio=0.5); it sanitizes
+    # them with the others and measures its gradients either way.
+    assert honest_code["san_poisoned"] == 250
+    assert 0 <= honest_code["san_removed_poisoned"] <= honest_code["san_removed"]
+    for report in (bypassing, honest_code):
+        assert report["grad_poison_norm"] > 0 and -1 <= report["grad_cosine"] <= 1
+    assert "grad_cosine_clipped" in honest_code

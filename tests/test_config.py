@@ -28,9 +28,12 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
     "group_option",
     [
         f"{group}={path.stem}"
-        for group in ("dataset", "model", "partition", "attack", "defense")
+        for group in ("dataset", "model", "partition", "attack", "defense", "client_dp", "sanitize")
         for path in sorted((CONF / group).glob("*.yaml"))
-    ],
+    ]
+    + [f"posttrain={path.stem}" for path in sorted((CONF / "posttrain").glob("*.yaml"))]
+    + ["posttrain=[neural_cleanse,fine_pruning,strip]"]
+    + [f"+experiment={path.stem}" for path in sorted((CONF / "experiment").glob("*.yaml"))],
 )
 def test_every_documented_option_composes_and_validates(group_option: str) -> None:
     cfg = compose_config([group_option])
@@ -66,6 +69,21 @@ def test_every_documented_option_composes_and_validates(group_option: str) -> No
         ("defense=trimmed_mean defense.beta=0.7", "defense.beta=0.7"),
         ("defense=krum defense.f=-1", "defense.f=-1"),
         ("attack=alie attack.z=-1", "attack.z=-1"),
+        ("attack.follows_protocol=true", "attack.boost='auto'"),
+        ("attack=badnets attack.follows_protocol=true attack.lr=0.1", "attack.lr=0.1"),
+        ("attack=pgd attack.follows_protocol=true attack.boost=1", "attack.update"),
+        ("attack.follows_protocol=maybe", "attack.follows_protocol='maybe'"),
+        ("client_dp=dpsgd client_dp.max_grad_norm=0", "client_dp.max_grad_norm=0"),
+        ("client_dp=dpsgd client_dp.target_epsilon=2", "client_dp.target_epsilon=2"),
+        ("client_dp=dpsgd client_dp.noise_multiplier=-1", "client_dp.noise_multiplier=-1"),
+        ("client_dp=dpsgd client_dp.delta=1", "client_dp.delta=1"),
+        ("client_dp=dpsgd client_dp.accountant=moments", "client_dp.accountant='moments'"),
+        ("gradient_analysis=maybe", "gradient_analysis='maybe'"),
+        ("posttrain.every=0", "posttrain.every=0"),
+        ("posttrain.server_size=0", "posttrain.server_size=0"),
+        ("posttrain=strip +posttrain.defenses.strip.bogus=1", "posttrain.defenses.strip.bogus=1"),
+        ("sanitize=activation_clustering sanitize.dims=0", "sanitize.dims=0"),
+        ("sanitize=isolation_forest sanitize.contamination=0.9", "sanitize.contamination=0.9"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(override: str, key: str) -> None:

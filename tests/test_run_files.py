@@ -76,3 +76,38 @@ def test_detection_totals_by_hand() -> None:
 def test_detection_totals_of_a_rule_that_flags_nobody_are_nan() -> None:
     metrics = pd.DataFrame({"round": [0, 1], "n_clients": [0, 5], "n_malicious": [0, 1]})
     assert all(math.isnan(v) for v in detection_totals(metrics).values())
+
+
+def test_client_reports_go_to_clients_csv_and_the_rounds_totals_to_metrics(tmp_path: Path) -> None:
+    from fedbackdoor.privacy import PrivacyLedger
+    from fedbackdoor.run_files import ClientReport, RunRecorder
+
+    ledger = PrivacyLedger(delta=1e-5)
+    recorder = RunRecorder(
+        tmp_path, "a: 1\n", num_rounds=1, columns=("main_acc", "backdoor_acc"), privacy=ledger
+    )
+    dp = {"dp_noise_multiplier": 1.0, "dp_sample_rate": 0.01, "dp_steps": 100.0}
+    # Client 0: 10 removed, 6 of them poisoned, of 8 poisoned; client 3: 5 removed, none
+    # poisoned, of 0; client 5: malicious code, no DP-SGD and no sanitizing.
+    first = {"san_removed": 10.0, "san_removed_poisoned": 6.0, "san_poisoned": 8.0}
+    second = {"dp_steps": 50.0, "san_removed": 5.0, "san_removed_poisoned": 0.0}
+    reports = [
+        ClientReport(0, True, 0.5, {**dp, **first, "grad_poison_norm": 2.0}),
+        ClientReport(3, False, 0.7, {**dp, **second, "san_poisoned": 0.0}),
+        ClientReport(5, True, 0.2, {"grad_poison_norm": 3.0}),
+    ]
+
+    recorder.round(1, {"main_acc": 0.5, "backdoor_acc": 0.1}, None, 1.0, clients=reports)
+    recorder.close()
+
+    clients = pd.read_csv(tmp_path / "clients.csv")
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(clients["client"]) == [0, 3, 5]
+    assert clients["dp_epsilon"].iloc[0] == pytest.approx(ledger.epsilon(0))
+    assert clients["dp_epsilon"].iloc[0] > clients["dp_epsilon"].iloc[1] > 0  # 100 vs 50 steps
+    assert pd.isna(clients["dp_epsilon"].iloc[2]) and clients["grad_poison_norm"].iloc[2] == 3.0
+    row = metrics.iloc[0]
+    assert row["dp_epsilon"] == pytest.approx(ledger.epsilon(0))  # the largest so far
+    assert row["san_removed"] == 15 and row["san_poisoned"] == 8
+    assert row["san_precision"] == pytest.approx(6 / 15)
+    assert row["san_recall"] == pytest.approx(6 / 8)

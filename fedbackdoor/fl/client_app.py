@@ -30,7 +30,7 @@ def train(msg: Message, context: Context) -> Message:
         num_attackers=int(cfg["num-attackers"]),  # type: ignore[arg-type]
     )
     global_state = to_state_dict(msg.content.array_records["arrays"])
-    state, result = client_update(str(cfg["run-config"]), global_state, spec)
+    state, result, report = client_update(str(cfg["run-config"]), global_state, spec)
     reply = RecordDict(
         {
             "arrays": to_record(state),
@@ -40,6 +40,9 @@ def train(msg: Message, context: Context) -> Message:
             "metrics": MetricRecord(
                 {"num-examples": result.num_examples, "train-loss": result.mean_loss}
             ),
+            # What the client measured besides training (DP-SGD's spending, sanitization,
+            # gradient analysis): the server records it per client (clients.csv).
+            "report": MetricRecord(dict(report)),
         }
     )
     return Message(content=reply, reply_to=msg)

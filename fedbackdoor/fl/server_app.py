@@ -28,12 +28,15 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid, ServerApp
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fedbackdoor.config import compose_run, validate
 from fedbackdoor.experiment import build_data
 from fedbackdoor.fl.arrays import to_record, to_state_dict
 from fedbackdoor.fl.strategy import DefenseStrategy, wait_for_nodes
+from fedbackdoor.posttrain.runner import PostTrainer
+from fedbackdoor.privacy import PrivacyLedger
 from fedbackdoor.run_files import RunRecorder
 from fedbackdoor.seeding import make_generator
 from fedbackdoor.server import ServerWorld, build_server, prepare_server
@@ -96,6 +99,11 @@ def run_server(
             raise ValueError("the prepared server world was built for another config")
         warm_up = WarmUp(grid, cfg_yaml, int(cfg.clients_per_round), min_nodes)
     setup = build_server(cfg, world)
+    ledger = None
+    if cfg.get("client_dp") is not None:
+        dp = instantiate(cfg.client_dp)
+        dp.check_delta(min(len(p) for p in setup.partitions))
+        ledger = PrivacyLedger(float(dp.delta), str(dp.accountant))
     recorder = RunRecorder(
         run_dir,
         cfg_yaml,
@@ -103,7 +111,15 @@ def run_server(
         columns=world.evaluator.columns,
         meta=meta,
         label=label,
+        privacy=ledger,
     )
+    if world.fixed_for_dp:
+        recorder.say(
+            "client_dp: Opacus' ModuleValidator.fix changed the model for per-example "
+            f"gradients (server and clients alike): {'; '.join(world.fixed_for_dp)}"
+        )
+        recorder.note(fixed_for_dp=world.fixed_for_dp)
+    posttrainer = PostTrainer(cfg, world.data, world.model, run_dir, recorder.say)
     if setup.dba_parts is not None:  # DBA: who stamps which trigger parts
         spread = "; ".join(f"attacker {i}: parts {p}" for i, p in enumerate(setup.dba_parts))
         recorder.say(f"DBA trigger parts by attacker: {spread}")
@@ -134,7 +150,11 @@ def run_server(
             evaluation = evaluator(model)
             assert strategy.record is not None  # aggregate_train ran for this round
             seconds = time.perf_counter() - strategy.started
-            recorder.round(server_round, evaluation, strategy.record, seconds)
+            recorder.round(
+                server_round, evaluation, strategy.record, seconds, clients=strategy.reports
+            )
+            if posttrainer.due(server_round):
+                posttrainer.run(server_round, to_state_dict(arrays))
         return MetricRecord({k: float(v) for k, v in evaluation.items()})
 
     initial = to_record(model.state_dict())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from logging import INFO, WARNING
 
 import numpy as np
@@ -23,6 +23,7 @@ from flwr.serverapp.strategy import Strategy
 from torch import Tensor
 
 from fedbackdoor.fl.arrays import Layout, LayoutMismatch, decode_record, to_record, to_state_dict
+from fedbackdoor.run_files import ClientReport
 from fedbackdoor.sampling import AttackSchedule, RoundSample, sample_round
 from fedbackdoor.server_step import RoundRecord, ServerStep
 
@@ -82,6 +83,8 @@ class DefenseStrategy(Strategy):
         self.schedule = schedule or AttackSchedule()
         #: The last round's record (read by the server's per-round logger).
         self.record: RoundRecord | None = None
+        #: What the last round's clients reported besides their weights (clients.csv).
+        self.reports: list[ClientReport] = []
         #: When the last round's sampling started.
         self.started = time.perf_counter()
         self._sample: RoundSample | None = None
@@ -152,9 +155,11 @@ class DefenseStrategy(Strategy):
         assert self._layout is not None and self._params is not None
         assert self._buffers is not None and self._sample is not None
         started = time.perf_counter()
+        replies = list(replies)
         clients, weights, updates, buffers, rejected = self._decode(replies)
         malicious_of = dict(zip(self._sample.partitions, self._sample.malicious, strict=True))
         malicious = torch.tensor([malicious_of[c] for c in clients], dtype=torch.bool)
+        self.reports = _reports(server_round, replies, malicious_of)
         params, new_buffers, record = self.step(
             self._params,
             self._buffers,
@@ -235,6 +240,35 @@ class DefenseStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         return None
+
+
+def _reports(
+    server_round: int, replies: list[Message], malicious_of: dict[int, bool]
+) -> list[ClientReport]:
+    """The clients' own measurements (their ``report`` record), sorted by partition; values
+    that are not finite numbers are dropped with a warning, never fatal."""
+    reports = []
+    for msg in replies:
+        if msg.has_error():
+            continue
+        try:
+            partition = int(msg.content.config_records["config"]["partition-id"])  # type: ignore[arg-type]
+            record: Mapping[str, object] = msg.content.metric_records.get("report") or {}
+            metrics: Mapping[str, object] = msg.content.metric_records.get("metrics") or {}
+            loss = float(metrics.get("train-loss", math.nan))  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError):
+            continue
+        if partition not in malicious_of:
+            continue
+        values: dict[str, float] = {}
+        for key, value in record.items():
+            try:
+                values[str(key)] = float(value)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                log(WARNING, "round %d: client %d reported %s=%r, dropped", server_round,
+                    partition, key, value)  # fmt: skip
+        reports.append(ClientReport(partition, bool(malicious_of[partition]), loss, values))
+    return sorted(reports, key=lambda r: r.client)
 
 
 def wait_for_nodes(grid: Grid, needed: int, poll: float = 0.05) -> list[int]:

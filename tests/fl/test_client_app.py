@@ -48,7 +48,7 @@ def test_a_train_message_gives_the_same_weights_as_the_client_update_itself() ->
 
     # Assert: the reply carries the client's weights (as client_update computes them), its
     # partition and its sample count
-    expected, result = client_update(
+    expected, result, _ = client_update(
         cfg_yaml,
         model.state_dict(),
         ClientSpec(3, 1, True, indices, attacker_index=0, num_attackers=1),
