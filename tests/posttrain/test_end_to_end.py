@@ -49,8 +49,8 @@ def test_neural_cleanse_flags_the_target_after_model_replacement_and_nothing_aft
 
     attacked = pd.read_csv(sweep / "0" / "posttrain.csv", dtype={"flagged_labels": str})
     clean = pd.read_csv(sweep / "1" / "posttrain.csv", dtype={"flagged_labels": str})
-    nc, fp, strip = (attacked.set_index("defense").loc[d] for d in ("neural_cleanse",
-                                                                    "fine_pruning", "strip"))  # fmt: skip
+    by_defense = attacked.set_index("defense")
+    nc, fp, strip = (by_defense.loc[d] for d in ("neural_cleanse", "fine_pruning", "strip"))
     assert nc["backdoor_acc_before"] > 0.9
     assert nc["flagged_labels"] == "0" and bool(nc["target_flagged"])
     assert nc["anomaly_index"] > 2
