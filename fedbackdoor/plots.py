@@ -459,22 +459,23 @@ def plot_posttrain(posttrain: pd.DataFrame, out: str | Path, *, by: str = "defen
     Neural Cleanse without unlearning) leave the model unchanged, so their "after" equals
     "before"; rows that were skipped or failed are left out.
     """
-    need = {"run", "round", "defense", "backdoor_acc_before", "backdoor_acc_after"}
+    need = {"run", "round", "posttrain", "backdoor_acc_before", "backdoor_acc_after"}
     if posttrain.empty or not need <= set(posttrain.columns):
         return []
     last = posttrain[posttrain["round"] == posttrain.groupby("run")["round"].transform("max")]
     last = last[last["backdoor_acc_after"].notna()]
     if last.empty:
         return []
-    keys = [k for k in _series_keys(last, by, skip=("defense",)) if k != "defense"]
+    keys = _series_keys(last, by, skip=("posttrain",))
     keys = [by] if by in last.columns and not keys else keys
     label_of = {}
     groups = _groups(last, keys) if keys and by in last.columns else [((), last)]
-    bars = ["before", *sorted(last["defense"].unique())]
+    bars = ["before", *sorted(last["posttrain"].unique())]
     with _paper_style():
         fig = Figure(figsize=(COLUMN_WIDTH, 2.9))
         top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
         width = 0.8 / len(bars)
+        labelled: set[str] = set()
         for g, (values, group) in enumerate(groups):
             label_of[g] = _label(keys, values, by) if keys else "all runs"
             per_run = group.groupby("run")
@@ -484,13 +485,14 @@ def plot_posttrain(posttrain: pd.DataFrame, out: str | Path, *, by: str = "defen
                 if bar == "before":
                     acc, main = before, before_main
                 else:
-                    rows = group[group["defense"] == bar]
+                    rows = group[group["posttrain"] == bar]
                     acc, main = rows["backdoor_acc_after"], rows["main_acc_after"]
                 if acc.empty:
                     continue
                 x = g + (b - (len(bars) - 1) / 2) * width
                 mean = float(acc.mean())
-                top.bar(x, mean, width, color=f"C{b}", label=bar if g == 0 else None)
+                top.bar(x, mean, width, color=f"C{b}", label=None if bar in labelled else bar)
+                labelled.add(bar)
                 if acc.max() > acc.min():
                     top.errorbar(
                         x, mean, yerr=[[mean - acc.min()], [acc.max() - mean]], color="k",

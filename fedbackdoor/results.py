@@ -462,7 +462,7 @@ def posttrain_summary(posttrain: pd.DataFrame) -> pd.DataFrame:
     """One row per run: the :data:`POSTTRAIN_SUMMARY` columns of each post-training defense at
     the run's last checkpoint, as ``<defense>.<column>`` (e.g. ``neural_cleanse.anomaly_index``,
     ``fine_pruning.backdoor_acc_after``)."""
-    if posttrain.empty or "defense" not in posttrain:
+    if posttrain.empty or "posttrain" not in posttrain:
         return pd.DataFrame(columns=["run"])
     rows = []
     for name, run in posttrain.groupby("run", sort=False):
@@ -471,7 +471,7 @@ def posttrain_summary(posttrain: pd.DataFrame) -> pd.DataFrame:
         for _, entry in last.iterrows():
             for column in POSTTRAIN_SUMMARY:
                 if column in entry and not _missing_cell(entry[column]):
-                    row[f"{entry['defense']}.{column}"] = entry[column]
+                    row[f"{entry['posttrain']}.{column}"] = entry[column]
         rows.append(row)
     return pd.DataFrame(rows)
 

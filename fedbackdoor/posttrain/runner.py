@@ -7,7 +7,8 @@ round's. The defenses get ``posttrain.server_size`` clean test samples drawn wit
 are the checkpoint's own main and backdoor accuracy on exactly the inputs the "after" columns
 use (they differ slightly from ``metrics.csv``, which uses the whole test set).
 
-``posttrain.csv`` has one row per checkpoint and defense: ``round``, ``defense``,
+``posttrain.csv`` has one row per checkpoint and defense: ``round``, ``posttrain`` (the
+defense's name),
 ``main_acc_before``, ``backdoor_acc_before``, ``main_acc_after``, ``backdoor_acc_after`` (the
 repaired model's; equal to before for a detector), ``main_acc_<stage>`` /
 ``backdoor_acc_<stage>`` for intermediate models (fine-pruning's ``pruned``), the defense's own
@@ -135,7 +136,7 @@ class PostTrainer:
         for name, defense in self.defenses.items():
             row: dict[str, object] = {
                 "round": round_,
-                "defense": name,
+                "posttrain": name,
                 "main_acc_before": before["main_acc"],
                 "backdoor_acc_before": before["backdoor_acc"],
             }
@@ -232,7 +233,7 @@ def _line(row: Mapping[str, object]) -> str:
         return f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else "-"
 
     text = (
-        f"posttrain {row['defense']} at round {row['round']}: backdoor_acc "
+        f"posttrain {row['posttrain']} at round {row['round']}: backdoor_acc "
         f"{number('backdoor_acc_before')} -> {number('backdoor_acc_after')}, main_acc "
         f"{number('main_acc_before')} -> {number('main_acc_after')}"
     )

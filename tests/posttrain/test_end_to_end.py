@@ -49,17 +49,17 @@ def test_neural_cleanse_flags_the_target_after_model_replacement_and_nothing_aft
 
     attacked = pd.read_csv(sweep / "0" / "posttrain.csv", dtype={"flagged_labels": str})
     clean = pd.read_csv(sweep / "1" / "posttrain.csv", dtype={"flagged_labels": str})
-    by_defense = attacked.set_index("defense")
+    by_defense = attacked.set_index("posttrain")
     nc, fp, strip = (by_defense.loc[d] for d in ("neural_cleanse", "fine_pruning", "strip"))
     assert nc["backdoor_acc_before"] > 0.9
     assert nc["flagged_labels"] == "0" and bool(nc["target_flagged"])
     assert nc["anomaly_index"] > 2
     assert fp["backdoor_acc_after"] < fp["backdoor_acc_before"]  # ran, since NC flagged
     assert 0 <= strip["frr"] <= 0.05 and strip["far"] < 0.9
-    clean_nc = clean.set_index("defense").loc["neural_cleanse"]
+    clean_nc = clean.set_index("posttrain").loc["neural_cleanse"]
     assert pd.isna(clean_nc["flagged_labels"]) or clean_nc["flagged_labels"] == ""
     assert clean_nc["anomaly_index"] < 2
-    assert clean.set_index("defense").loc["fine_pruning", "skipped"].startswith("Neural Cleanse")
+    assert clean.set_index("posttrain").loc["fine_pruning", "skipped"].startswith("Neural Cleanse")
     assert (sweep / "0" / "posttrain" / "neural_cleanse_round3.pt").is_file()
     assert json.loads((sweep / "0" / "run.json").read_text())["status"] == "complete"
 

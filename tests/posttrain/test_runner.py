@@ -84,7 +84,7 @@ def test_rows_measure_before_and_after_on_the_held_out_rest_and_keep_going_after
     assert detect["saw_earlier"] == "repair"  # the failed one is not among the outcomes
     assert detect["backdoor_acc_after"] == detect["backdoor_acc_before"]  # a detector
     table = pd.read_csv(tmp_path / "posttrain.csv")
-    assert list(table["defense"]) == ["repair", "broken", "detector"]
+    assert list(table["posttrain"]) == ["repair", "broken", "detector"]
     assert (tmp_path / "posttrain" / "broken_round3.error.txt").exists()
     assert any("broken at round 3 FAILED" in line for line in said)
 
