@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -225,18 +227,21 @@ def gradient_analysis(
     poisoned: Tensor,
     *,
     max_grad_norm: float | None = None,
-    batch_size: int = 256,
+    batch_size: int = 32,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """Magnitude and orientation of the poisoned samples' gradients against the clean ones'
     (Hong et al. 2020, Sec. 3-4: the two artifacts gradient shaping targets).
 
     Per-example gradients of the cross-entropy over the trainable parameters, at ``model``'s
-    current weights in eval mode (BatchNorm with its running statistics, so one example's
-    gradient does not depend on the others'), computed with ``torch.func`` (``vmap`` of
-    ``grad``). Hong et al. average each group's gradients and compare the two averages; so do
-    we: ``poison_norm`` and ``clean_norm`` are the L2 norms of the mean gradient of the
-    poisoned and of the clean samples, ``cosine`` the cosine between the two means. With
+    current weights: by Opacus' ``GradSampleModule`` (the per-example gradients DP-SGD clips)
+    for a model Opacus can train per example (no BatchNorm: every example's gradient is its own
+    in training mode too; the models here have no dropout); otherwise in eval mode with
+    ``torch.func`` (``vmap`` of ``grad``; BatchNorm with its running statistics), about 3x
+    slower on the CNN. Hong et al. average each group's gradients and compare the two
+    averages; so do we: ``poison_norm`` and ``clean_norm`` are the L2 norms of the mean
+    gradient of the poisoned and of the clean samples, ``cosine`` the cosine between the two
+    means. With
     ``max_grad_norm``, the same three of the per-example gradients clipped to that norm
     (``*_clipped``: what DP-SGD's clipping lets through before the noise).
 
@@ -256,38 +261,25 @@ def gradient_analysis(
         ``poison_norm``, ``clean_norm``, ``cosine`` (and ``poison_norm_clipped``,
         ``clean_norm_clipped``, ``cosine_clipped``).
     """
-    from torch.func import functional_call, grad, vmap
-
     if poisoned.shape != y.shape or poisoned.dtype != torch.bool:
         raise ValueError(f"poisoned must be a bool tensor of shape {tuple(y.shape)}")
     if max_grad_norm is not None and not max_grad_norm > 0:
         raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm!r}")
     was_training = model.training
-    model.to(device).eval()
-    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-
-    def loss_of(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
-        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
-        return nn.functional.cross_entropy(out, yi.unsqueeze(0))
-
-    per_example = vmap(grad(loss_of), in_dims=(None, 0, 0))
-    dim = sum(p.numel() for p in params.values())
+    model.to(device)
+    dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
     sums = {k: torch.zeros(dim, dtype=torch.float64, device=device) for k in ("p", "c", "pc", "cc")}
     try:
-        for start in range(0, len(y), batch_size):
-            xb = x[start : start + batch_size].to(device)
-            yb = y[start : start + batch_size].to(device)
-            mask = poisoned[start : start + batch_size].to(device)
-            grads = per_example(params, xb, yb)
-            flat = torch.cat([g.reshape(len(yb), -1) for g in grads.values()], dim=1).double()
-            sums["p"] += flat[mask].sum(0)
-            sums["c"] += flat[~mask].sum(0)
+        for start, flat in _per_example_gradients(model, x, y, batch_size, device):
+            # Sums as products with 0/1 (and clipping-factor) weights: no masked or clipped
+            # copies of the [b, d] per-example gradients.
+            bad = poisoned[start : start + len(flat)].to(device=device, dtype=flat.dtype)
+            sums["p"] += (bad @ flat).double()
+            sums["c"] += ((1 - bad) @ flat).double()
             if max_grad_norm is not None:
-                norms = flat.norm(dim=1, keepdim=True)
-                clipped = flat * (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-                sums["pc"] += clipped[mask].sum(0)
-                sums["cc"] += clipped[~mask].sum(0)
+                factor = (max_grad_norm / (flat.norm(dim=1) + 1e-6)).clamp(max=1.0)
+                sums["pc"] += ((bad * factor) @ flat).double()
+                sums["cc"] += (((1 - bad) * factor) @ flat).double()
     finally:
         model.train(was_training)
     n_p, n_c = int(poisoned.sum()), int((~poisoned).sum())
@@ -306,3 +298,46 @@ def gradient_analysis(
     if max_grad_norm is not None:
         result |= trio(sums["pc"], sums["cc"], "_clipped")
     return result
+
+
+def _per_example_gradients(
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device: torch.device | str
+) -> Iterator[tuple[int, Tensor]]:
+    """``(start, [b, d] flat per-example gradients)`` of the cross-entropy, batch by batch."""
+    from opacus import GradSampleModule
+    from opacus.validators import ModuleValidator
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not ModuleValidator.validate(model, strict=False):
+        model.train()
+        module = GradSampleModule(model, loss_reduction="sum")
+        try:
+            for start in range(0, len(y), batch_size):
+                xb = x[start : start + batch_size].to(device)
+                yb = y[start : start + batch_size].to(device)
+                module.zero_grad(set_to_none=True)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "Full backward hook is firing")
+                    nn.functional.cross_entropy(module(xb), yb, reduction="sum").backward()
+                grads = [p.grad_sample.reshape(len(yb), -1) for p in params]  # type: ignore[union-attr]
+                yield start, torch.cat(grads, dim=1)
+        finally:
+            module._close()
+            model.zero_grad(set_to_none=True)
+        return
+    from torch.func import functional_call, grad, vmap
+
+    model.eval()
+    named = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def loss_of(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        return nn.functional.cross_entropy(out, yi.unsqueeze(0))
+
+    per_example = vmap(grad(loss_of), in_dims=(None, 0, 0))
+    for start in range(0, len(y), batch_size):
+        xb = x[start : start + batch_size].to(device)
+        yb = y[start : start + batch_size].to(device)
+        grads = per_example(named, xb, yb)
+        yield start, torch.cat([g.reshape(len(yb), -1) for g in grads.values()], dim=1)

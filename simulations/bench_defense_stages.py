@@ -127,7 +127,7 @@ def posttrain_costs() -> tuple[float, dict[str, float]]:
         metrics = load_metrics(run)
         rounds = float(metrics["seconds"].sum())
         post = pd.read_csv(run / "posttrain.csv")
-        return rounds, dict(zip(post["defense"], post["seconds"], strict=True))
+        return rounds, dict(zip(post["posttrain"], post["seconds"], strict=True))
 
 
 def main(argv: list[str]) -> None:

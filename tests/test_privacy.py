@@ -191,3 +191,37 @@ def test_opacus_fixes_batchnorm_and_leaves_the_cnn_alone() -> None:
     assert resnet_problems and "BatchNorm" in resnet_problems[0]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fixed.modules())
     assert any(isinstance(m, nn.GroupNorm) for m in fixed.modules())
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_gradient_analysis_equals_a_loop_over_examples(batchnorm: bool) -> None:
+    # Without BatchNorm the per-example gradients come from Opacus' GradSampleModule, with it
+    # from torch.func in eval mode (running statistics): both must equal one backward per example.
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(6, 5)]
+    if batchnorm:
+        layers.append(nn.BatchNorm1d(5))
+    model = nn.Sequential(*layers, nn.ReLU(), nn.Linear(5, 3))
+    if batchnorm:
+        model[1].running_mean.uniform_(-1, 1)  # type: ignore[operator]
+    x = torch.randn(9, 6, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(9) % 3
+    poisoned = torch.tensor([True, False, True, False, False, True, False, False, False])
+    model.eval()
+    rows = []
+    for xi, yi in zip(x, y, strict=True):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(xi[None]), yi[None]).backward()
+        rows.append(torch.cat([p.grad.flatten() for p in model.parameters()]))  # type: ignore[union-attr]
+    grads = torch.stack(rows).double()
+    clipped = grads * (0.5 / (grads.norm(dim=1, keepdim=True) + 1e-6)).clamp(max=1.0)
+
+    stats = gradient_analysis(model, x, y, poisoned, max_grad_norm=0.5, batch_size=4)
+
+    for suffix, g in (("", grads), ("_clipped", clipped)):
+        mean_p, mean_c = g[poisoned].mean(0), g[~poisoned].mean(0)
+        assert stats[f"poison_norm{suffix}"] == pytest.approx(float(mean_p.norm()), rel=1e-5)
+        assert stats[f"clean_norm{suffix}"] == pytest.approx(float(mean_c.norm()), rel=1e-5)
+        cosine = float(nn.functional.cosine_similarity(mean_p, mean_c, dim=0))
+        assert stats[f"cosine{suffix}"] == pytest.approx(cosine, rel=1e-5, abs=1e-7)
+    assert not model.training  # the caller's mode is restored
