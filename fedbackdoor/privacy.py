@@ -319,7 +319,7 @@ def _per_example_gradients(
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", "Full backward hook is firing")
                     nn.functional.cross_entropy(module(xb), yb, reduction="sum").backward()
-                grads = [p.grad_sample.reshape(len(yb), -1) for p in params]  # type: ignore[union-attr]
+                grads = [p.grad_sample.reshape(len(yb), -1) for p in params]  # type: ignore[attr-defined]
                 yield start, torch.cat(grads, dim=1)
         finally:
             module._close()
