@@ -159,15 +159,26 @@ def write_run_status(run_dir: str | Path, **fields: object) -> Path:
 
 
 def is_complete(run_dir: Path, cfg: DictConfig) -> bool:
-    """Whether ``run_dir`` holds a finished run of exactly ``cfg`` (a restarted sweep skips it;
-    a half-finished one is run again from the start)."""
+    """Whether ``run_dir`` holds a finished run of exactly ``cfg``'s settings (a restarted sweep
+    skips it; a half-finished one is run again from the start). The ``backend`` node is left
+    out of the comparison: it says how the engine runs, not what is computed."""
     status = read_run_status(run_dir)
     saved = run_dir / "config.yaml"
     if status is None or status.get("status") != "complete" or not saved.exists():
         return False
+
     # Compared as data, not text: the same settings in another key order are the same run.
-    return OmegaConf.to_container(OmegaConf.load(saved)) == OmegaConf.to_container(
-        cfg, resolve=True
+    # How the engine runs (backend: Ray's address, cores, runs in flight) changes no result,
+    # so a sweep resumed with other backend settings keeps its finished runs.
+    def settings(container: object) -> object:
+        return (
+            {k: v for k, v in container.items() if k != "backend"}
+            if isinstance(container, dict)
+            else container
+        )
+
+    return settings(OmegaConf.to_container(OmegaConf.load(saved))) == settings(
+        OmegaConf.to_container(cfg, resolve=True)
     )
 
 

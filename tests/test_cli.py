@@ -223,3 +223,7 @@ def test_is_complete_compares_settings_not_text(tmp_path: Path) -> None:
     write_run_status(tmp_path, status="complete")
     assert is_complete(tmp_path, cfg)
     assert not is_complete(tmp_path, compose_config([*TINY, "seed=5"]))  # another run
+    # How the engine runs is not a setting of the run: a sweep resumed with two runs in flight
+    # (or on a Ray cluster) keeps the runs it finished with one.
+    assert is_complete(tmp_path, compose_config([*TINY, "backend.parallel_runs=2"]))
+    assert is_complete(tmp_path, compose_config([*TINY, "backend.address=auto"]))

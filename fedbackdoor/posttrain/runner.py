@@ -91,11 +91,13 @@ class PostTrainer:
         self.seed = int(cfg.seed)
         self.device = resolve_device(str(cfg.device))
         self.target = cfg.attack.get("target_label")
-        self.trigger_image = _trigger_image(cfg, data)
         self.model = model
         self.run_dir = run_dir
         self.say = say
         self.rows: list[dict[str, object]] = []
+        if not self.defenses:  # nothing to run: no split of the test set, nothing to check
+            return
+        self.trigger_image = _trigger_image(cfg, data)
         size = node.get("server_size")
         n = len(data.y_test)
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size < n:

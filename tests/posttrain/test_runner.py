@@ -90,8 +90,20 @@ def test_rows_measure_before_and_after_on_the_held_out_rest_and_keep_going_after
 
 
 def test_a_server_set_as_large_as_the_test_set_is_refused(tmp_path: Path) -> None:
-    cfg = compose_config(["dataset=synthetic", "posttrain.server_size=500"])
+    cfg = compose_config(["dataset=synthetic", "posttrain=strip", "posttrain.server_size=500"])
     data = build_data(cfg)
 
     with pytest.raises(ValueError, match=r"posttrain\.server_size=500"):
         PostTrainer(cfg, data, build_model(cfg, data), tmp_path)
+
+
+def test_without_defenses_nothing_is_split_or_checked(tmp_path: Path) -> None:
+    # The synthetic test set has 500 samples, fewer than the default server_size of 1000: a run
+    # without post-training defenses must not care.
+    cfg = compose_config(["dataset=synthetic"])
+    data = build_data(cfg)
+
+    trainer = PostTrainer(cfg, data, build_model(cfg, data), tmp_path)
+
+    assert not trainer and not trainer.due(int(cfg.num_rounds))
+    assert not (tmp_path / "posttrain.csv").exists()
