@@ -347,12 +347,15 @@ class RunRecorder:
         for report in clients:
             values = {k: v for k, v in report.values.items() if k in CLIENT_COLUMNS}
             if self.privacy is not None and "dp_steps" in values:
-                values["dp_epsilon"] = self.privacy.spend(
-                    report.client,
-                    noise_multiplier=values.get("dp_noise_multiplier", math.nan),
-                    sample_rate=values.get("dp_sample_rate", math.nan),
-                    steps=int(values["dp_steps"]),
-                )
+                try:
+                    values["dp_epsilon"] = self.privacy.spend(
+                        report.client,
+                        noise_multiplier=values.get("dp_noise_multiplier", math.nan),
+                        sample_rate=values.get("dp_sample_rate", math.nan),
+                        steps=int(values["dp_steps"]),
+                    )
+                except (ValueError, OverflowError) as exc:  # a broken report: said, not fatal
+                    self.say(f"round {round_}: DP report of client {report.client} ignored: {exc}")
             if "san_removed" in values:
                 sanitized = True
                 removed += values["san_removed"]

@@ -111,3 +111,21 @@ def test_client_reports_go_to_clients_csv_and_the_rounds_totals_to_metrics(tmp_p
     assert row["san_removed"] == 15 and row["san_poisoned"] == 8
     assert row["san_precision"] == pytest.approx(6 / 15)
     assert row["san_recall"] == pytest.approx(6 / 8)
+
+
+def test_a_broken_dp_report_is_said_and_the_round_is_still_written(tmp_path: Path) -> None:
+    from fedbackdoor.privacy import PrivacyLedger
+    from fedbackdoor.run_files import ClientReport, RunRecorder
+
+    recorder = RunRecorder(
+        tmp_path, "a: 1\n", num_rounds=1, columns=("main_acc", "backdoor_acc"),
+        privacy=PrivacyLedger(delta=1e-5),
+    )  # fmt: skip
+    broken = ClientReport(2, False, 0.4, {"dp_steps": 10.0, "dp_noise_multiplier": 1.0})
+
+    recorder.round(1, {"main_acc": 0.5, "backdoor_acc": 0.1}, None, 1.0, clients=[broken])
+    recorder.close()
+
+    clients = pd.read_csv(tmp_path / "clients.csv")
+    assert len(clients) == 1 and pd.isna(clients["dp_epsilon"].iloc[0])
+    assert pd.read_csv(tmp_path / "metrics.csv")["dp_epsilon"].iloc[0] == 0.0
