@@ -263,7 +263,10 @@ def _reports(
         values: dict[str, float] = {}
         for key, value in record.items():
             try:
-                values[str(key)] = float(value)  # type: ignore[arg-type]
+                number = float(value)  # type: ignore[arg-type]
+                if not math.isfinite(number):
+                    raise ValueError(value)
+                values[str(key)] = number
             except (TypeError, ValueError):
                 log(WARNING, "round %d: client %d reported %s=%r, dropped", server_round,
                     partition, key, value)  # fmt: skip
