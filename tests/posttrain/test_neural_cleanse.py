@@ -20,6 +20,7 @@ from fedbackdoor.posttrain import Outcome, ServerData
 from fedbackdoor.posttrain.figures import plot_recovered_triggers
 from fedbackdoor.posttrain.neural_cleanse import (
     CostSchedule,
+    _working_copy,
     anomaly_index,
     flag_labels,
     median,
@@ -277,6 +278,36 @@ def test_reverse_engineer_leaves_the_model_alone() -> None:
     assert all(p.grad is None for p in model.parameters())
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])
+
+
+def test_a_conv_model_keeps_its_layout_and_trainability_and_the_copy_agrees_with_it() -> None:
+    # Prepare: the recovery computes through a channels-last copy on the CPU.
+    with seeded_init(0, "conv"):
+        model = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+        )
+    x = torch.rand(12, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+
+    # Execute
+    result = reverse_engineer(
+        model,
+        x,
+        torch.zeros(12, dtype=torch.long),
+        1,
+        generator=torch.Generator().manual_seed(0),
+        steps=3,
+    )
+
+    # Assert: the caller's model is untouched; the copy computes the same logits.
+    conv = model[0]
+    assert isinstance(conv, nn.Conv2d)
+    assert conv.weight.is_contiguous() and conv.weight.requires_grad
+    assert model.training
+    copy_ = _working_copy(model, "cpu")
+    assert copy_[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not copy_.training
+    torch.testing.assert_close(copy_(x), model.eval()(x), rtol=1e-5, atol=1e-6)
+    assert result.steps == 3
 
 
 def test_neural_cleanse_flags_the_backdoor_label_and_nothing_else() -> None:
