@@ -10,7 +10,7 @@ import json
 import math
 import numbers
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,10 +57,23 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "dp_epsilon",
     "san_precision",
     "san_recall",
+    "poisoned_share",
+    "poisoned_samples",
     "seconds_per_round",
     "aggregate_share",
     "rounds",
 )
+
+
+#: Config keys that say how the engine ran (Ray's address, cores, runs in flight), not what was
+#: computed: never identifying columns (runs that differ only there are the same experiment,
+#: as a resumed sweep already treats them: :func:`fedbackdoor.run_files.is_complete`).
+ENGINE_PREFIX = "backend."
+
+#: Numbers a run writes once to its ``run.json`` that :func:`gather_runs` repeats in each of
+#: its rows (after the metrics): the share and number of the federation's training samples
+#: the attackers poison (:func:`fedbackdoor.server.poisoned_samples`), Mithridates' x axis.
+RUN_CONSTANTS: tuple[str, ...] = ("poisoned_share", "poisoned_samples")
 
 
 class SkippedRunWarning(UserWarning):
@@ -161,6 +174,9 @@ def _read_run(run: Path, name: str) -> _Run | str:
         return "metrics.csv has a non-numeric round"
     metrics = metrics.assign(round=rounds.astype(int)).sort_values("round", kind="stable")
     info = read_run_status(run) or {}
+    for constant in RUN_CONSTANTS:  # numbers the run computed once, in every row of its own
+        value = info.get(constant)
+        metrics[constant] = float(value) if isinstance(value, int | float) else math.nan
     complete = info.get("status") == "complete"
     return _Run(name, metrics.reset_index(drop=True), _flatten(config), _choices(info), complete)
 
@@ -190,9 +206,11 @@ def gather_runs(root: str | Path) -> pd.DataFrame:
     Columns, in order: ``run`` (the run's folder relative to ``root``), ``complete``, the group
     choices (``dataset``, ``model``, ``partition``, ``attack``, ``defense``, then others such
     as ``attack.update``), the config keys that differ between the runs
-    (flattened, e.g. ``defense.max_norm``) and always :data:`ALWAYS_KEYS`, then the metrics
-    columns (``round`` first, extra columns such as ``backdoor_acc_part0`` kept). A key a run
-    does not have is empty (NaN) in its rows.
+    (flattened, e.g. ``defense.max_norm``; not ``backend.*``, which says how the engine ran)
+    and always :data:`ALWAYS_KEYS`, then the metrics
+    columns (``round`` first, extra columns such as ``backdoor_acc_part0`` kept), then
+    :data:`RUN_CONSTANTS` from each run's ``run.json``. A key a run does not have is empty
+    (NaN) in its rows.
 
     A run is complete when its ``run.json`` says so (a run without a readable one is not).
     Half-finished runs are kept with ``complete = False``. A folder whose ``metrics.csv`` is
@@ -209,22 +227,26 @@ def gather_runs(root: str | Path) -> pd.DataFrame:
         else:
             runs.append(run)
     if not runs:
-        return pd.DataFrame(columns=["run", "complete", *ALWAYS_KEYS, *COLUMNS])
+        return pd.DataFrame(columns=["run", "complete", *ALWAYS_KEYS, *COLUMNS, *RUN_CONSTANTS])
 
     choice_names = _ordered_choices({k for run in runs for k in run.choices})
     config_keys = {k for run in runs for k in run.config}
     swept = sorted(
         key
         for key in config_keys - set(ALWAYS_KEYS) - set(choice_names)
-        if not _same([run.config.get(key, _MISSING) for run in runs])
+        if not key.startswith(ENGINE_PREFIX)
+        and not _same([run.config.get(key, _MISSING) for run in runs])
     )
     keys = [*ALWAYS_KEYS, *swept]
     # The files' own column order (extra columns such as backdoor_acc_part0 sit after
     # backdoor_acc), round first, and every standard column even if no run has it.
     metric_names = ["round"]
     for run in runs:
-        metric_names += [c for c in run.metrics.columns if c not in metric_names]
+        metric_names += [
+            c for c in run.metrics.columns if c not in metric_names and c not in RUN_CONSTANTS
+        ]
     metric_names += [c for c in COLUMNS if c not in metric_names]
+    metric_names += list(RUN_CONSTANTS)  # last: the run's own numbers from its run.json
 
     def cell(value: object) -> object:
         return math.nan if value is None or value is _MISSING else value
@@ -345,6 +367,9 @@ def summarize(rounds: pd.DataFrame, *, threshold: float = 0.5) -> pd.DataFrame:
         with ``sanitize``: over the whole run, the share of the samples the sanitizers dropped
         that were poisoned, and the share of the poisoned samples they were given that they
         dropped; NaN without sanitization (or without poisoned samples, for the recall);
+    ``poisoned_share``, ``poisoned_samples``
+        the share and number of the federation's training samples the attackers poison (from
+        ``run.json``; 0 without data poisoning; NaN for runs written before it was recorded);
     ``seconds_per_round``
         the mean of ``seconds`` over rounds >= 1;
     ``aggregate_share``
@@ -379,6 +404,8 @@ def summarize(rounds: pd.DataFrame, *, threshold: float = 0.5) -> pd.DataFrame:
             rounds_diverged=_count(trained, "diverged"),
             dp_epsilon=_last(trained, "dp_epsilon"),
             **_sanitization(trained),
+            poisoned_share=_last(run, "poisoned_share"),
+            poisoned_samples=_last(run, "poisoned_samples"),
             seconds_per_round=float(trained["seconds"].mean()) if len(trained) else math.nan,
             aggregate_share=_aggregate_share(trained),
             rounds=len(trained),
@@ -478,3 +505,40 @@ def posttrain_summary(posttrain: pd.DataFrame) -> pd.DataFrame:
 
 def _missing_cell(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+# --- multi-objective comparisons ----------------------------------------------------------------
+
+
+def pareto_mask(values: Any, directions: Sequence[str]) -> np.ndarray:
+    """Which rows of ``values`` (``[n, m]``, one column per objective) are Pareto-optimal.
+
+    A row is dominated when another is at least as good in every objective and strictly better
+    in one (``directions[j]`` is ``"maximize"`` or ``"minimize"``); rows with a NaN are never
+    on the front; equal rows are on it together. The same definition as Optuna's
+    ``Study.best_trials`` (tested against it).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[n]`` bool.
+    """
+    table = np.asarray(values, dtype=float)
+    if table.ndim != 2 or table.shape[1] != len(directions):
+        raise ValueError(
+            f"values must be [n, {len(directions)}] for {len(directions)} directions, "
+            f"got shape {table.shape}"
+        )
+    signs = []
+    for direction in directions:
+        if direction not in ("maximize", "minimize"):
+            raise ValueError(f"direction {direction!r} must be 'maximize' or 'minimize'")
+        signs.append(1.0 if direction == "maximize" else -1.0)
+    score = table * np.asarray(signs)  # larger is better in every column
+    valid = ~np.isnan(score).any(axis=1)
+    front = np.zeros(len(score), dtype=bool)
+    for i in np.flatnonzero(valid):
+        others = score[valid]
+        dominated = ((others >= score[i]).all(axis=1) & (others > score[i]).any(axis=1)).any()
+        front[i] = not dominated
+    return front

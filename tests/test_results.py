@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from fedbackdoor.results import (
+    RUN_CONSTANTS,
     SUMMARY_METRICS,
     SkippedRunWarning,
     find_runs,
@@ -129,7 +130,7 @@ def test_gather_runs_makes_one_row_per_run_and_round(tmp_path: Path) -> None:
         "attack.fraction", "seed", "attack.start_round", "attack.end_round",  # always there
         "attack.poison_ratio", "attack.update.boost", "defense.f",  # differ (not defense.rule.f:
         # an argument of an instantiable node named like the group's own setting)
-        *COLUMNS,
+        *COLUMNS, *RUN_CONSTANTS,  # the run's own numbers from run.json last
     ]  # fmt: skip
     assert table["run"].tolist() == ["0"] * 4 + ["1"] * 4 + ["2"] * 4 + ["3"] * 2
     assert table["round"].tolist() == [0, 1, 2, 3] * 3 + [0, 1]
@@ -252,3 +253,20 @@ def test_summarize_threshold_and_incomplete_baselines(tmp_path: Path) -> None:
     assert summary["main_acc_drop"].isna().all()
     with pytest.raises(ValueError, match="threshold"):
         summarize(rounds, threshold=50)
+
+
+def test_how_the_engine_ran_identifies_no_run(tmp_path: Path) -> None:
+    # Prepare: a baseline and an attacked run, one of them run with two runs in flight
+    rows = {"main_acc": [0.1, 0.8], "backdoor_acc": [0.0, 0.9]}
+    clean = run_config(fraction=0.0, seed=0) | {"backend": {"parallel_runs": 1}}
+    attacked = run_config(fraction=0.1, seed=0) | {"backend": {"parallel_runs": 2}}
+    write_run(tmp_path / "0", clean, rows, choices=choices("none", "fedavg"))
+    write_run(tmp_path / "1", attacked, {**rows, "main_acc": [0.1, 0.7]},
+              choices=choices("badnets", "fedavg"))  # fmt: skip
+
+    # Execute
+    summary = summarize(gather_runs(tmp_path)).set_index("run")
+
+    # Assert: no backend column, and the attacked run finds its baseline
+    assert not [c for c in summary.columns if c.startswith("backend")]
+    assert summary.loc["1", "main_acc_drop"] == pytest.approx(0.1)
