@@ -29,12 +29,16 @@ USAGE = """usage: fedbackdoor run [HYDRA_OVERRIDES ...]   run one simulation (-m
                                                  SuperLink (N SuperNodes: Deployment Runtime)
        fedbackdoor report DIR [--threshold T]    tables and figures of every run below DIR
                                                  (a sweep), written to DIR/report/
+       fedbackdoor tune [--trials N] [--curve F1,F2,...] [--out DIR] OVERRIDES ...
+                                                 search the config for the settings that
+                                                 resist backdoors best (Optuna; see --help)
 
 examples:
   fedbackdoor run                                  the default study (Fashion-MNIST, BadNets)
   fedbackdoor run defense=median attack.fraction=0.2
   fedbackdoor run -m attack.fraction=0,0.1,0.2 defense=fedavg,clip,median seed=0,1
   fedbackdoor report outputs/sweeps/2026-01-01_12-00-00
+  fedbackdoor tune 'lr=interval(0.01,0.2)' 'local_epochs=range(1,5)' attack.fraction=0.1
 """
 
 
@@ -205,6 +209,14 @@ def main(argv: list[str] | None = None) -> None:
         from fedbackdoor.report import main as report_main
 
         report_main(rest)
+        return
+    if command == "tune":
+        from fedbackdoor.tune import main as tune_main
+
+        try:
+            tune_main(rest)
+        except KeyboardInterrupt:
+            _interrupted()
         return
     if command != "run":
         print(f"fedbackdoor: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)

@@ -1,23 +1,35 @@
-"""The resistance point of a poisoning curve: how large an attacker fraction it takes before the
-backdoor is learned.
+"""The resistance point of a poisoning curve: how much poisoning it takes before the backdoor
+is learned.
 
-A poisoning curve is backdoor accuracy against the attacker fraction. Bagdasaryan & Shmatikov,
-"Mithridates: Auditing and Boosting Backdoor Resistance of Machine Learning Pipelines" (ACM CCS
-2024, arXiv:2302.04977) measure a pipeline's resistance as "the minimum number of training
-inputs that must be compromised before the model learns any backdoor" (the paper's abstract).
-Their code (github.com/ebagdasa/mithridates, ``mithridates/utils.py``,
-``get_inflection_point``) sorts the curve by poisoning ratio, smooths the backdoor accuracies
-with a Gaussian filter of width 2 *samples*, takes the discrete second derivative
-(``np.gradient`` twice, in sample-index steps) and returns the first sample where its sign
-changes and whose raw backdoor accuracy is between 15% and 90%; its README calls this the
-"inflection point" of the curve, plotted on a log axis.
+A poisoning curve is backdoor accuracy (a fraction in [0, 1]) against an amount of poisoning
+``x``: the attacker fraction, the share of the training samples that is poisoned, a count of
+poisoned samples, a percentage; any non-negative quantity, and the resistance point comes back
+in its units. Bagdasaryan & Shmatikov, "Mithridates: Auditing and Boosting Backdoor Resistance
+of Machine Learning Pipelines" (ACM CCS 2024, arXiv:2302.04977) measure a pipeline's resistance
+as "the minimum number of training inputs that must be compromised before the model learns any
+backdoor" (the paper's abstract). Two ways of reading it off a curve are offered,
+:func:`resistance_point`'s ``method``:
 
-That procedure is not well defined for our sweeps: smoothing and differencing in sample-index
-steps make the answer depend on which fractions were run (adding points moves it), a width-2
-filter blurs most of a 4-8 point federated sweep, it can only return a sampled fraction, and it
-fails when no sign change falls in the window. :func:`resistance_point` keeps its idea (smooth
-the curve, find where its growth turns, on a log-fraction axis) with a fitted curve in place of
-the filter; the exact method is in its docstring.
+``"logistic"`` (the default)
+    Fit a logistic in log x and return its knee (or its midpoint); the exact method is in
+    :func:`resistance_point`'s docstring. It uses the x values themselves, so it is
+    scale-equivariant (x in percent gives 100 times the answer for x as a fraction), can fall
+    between the x values run, does not move when points are added on the flat floor, and
+    weighs every seed. Use it for federated sweeps: a few (4-8) unevenly spaced x, several
+    seeds.
+``"mithridates"`` and ``"mithridates-simple"``
+    Their code's own computation (github.com/ebagdasa/mithridates, ``mithridates/utils.py``,
+    ``get_inflection_point``; here :func:`mithridates_point`): sort the curve by x, smooth the
+    backdoor accuracies with a Gaussian filter of width 2 *samples*, take the discrete second
+    derivative (``np.gradient`` twice, in sample-index steps) and return the x of the first
+    sign change whose raw backdoor accuracy is strictly between 15% and 90% (their README's
+    "inflection point", plotted on a log axis); or, simplified, the first x whose accuracy is
+    above 50%. Use it to compare with numbers they report, on dense, evenly spaced sweeps like
+    theirs (their MNIST curve has 12 poison ratios from 0.033% to 0.4%). It is not well defined
+    for sparse sweeps: smoothing and differencing in sample-index steps make the answer depend
+    on which x were run (adding points moves it), a width-2 filter blurs most of a 4-8 point
+    curve, it can only return an x that was run, and it finds nothing when no sign change falls
+    in the window (NaN here).
 """
 
 from __future__ import annotations
@@ -28,9 +40,15 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy.ndimage import gaussian_filter1d
 from scipy.optimize import least_squares
 
-#: z = k (log f - centre) where the logistic's second derivative is largest: sigma(z) =
+#: How :func:`resistance_point` reads a curve (see the module docstring).
+ResistanceMethod = Literal["logistic", "mithridates", "mithridates-simple"]
+#: The values of :data:`ResistanceMethod`, for command-line choices and validation.
+RESISTANCE_METHODS: tuple[str, ...] = ("logistic", "mithridates", "mithridates-simple")
+
+#: z = k (log x - centre) where the logistic's second derivative is largest: sigma(z) =
 #: (3 - sqrt 3) / 6 ~ 0.211, z = -ln(2 + sqrt 3) ~ -1.317.
 KNEE_Z = -math.log(2.0 + math.sqrt(3.0))
 
@@ -40,18 +58,18 @@ _GRID = 61  # coarse grid points per parameter (at least)
 _MAX_GRID = 401  # coarse grid points for the centre (at most)
 _STARTS = 6  # grid points refined
 _TOLERANCE = 1e-12  # least_squares' relative ftol and xtol: refine to (nearly) float64 precision
-_SHARPEST = 50.0  # steepest slope k, in units of 1 / (smallest gap between log fractions)
-_FLATTEST = 0.25  # flattest slope k, in units of 1 / (log-fraction span)
+_SHARPEST = 50.0  # steepest slope k, in units of 1 / (smallest gap between log x)
+_FLATTEST = 0.25  # flattest slope k, in units of 1 / (span of log x)
 
 
 @dataclass(frozen=True)
 class LogisticFit:
-    """``acc(f) = low + (high - low) * sigmoid(slope * (log f - centre))``, ``acc(0) = low``."""
+    """``acc(x) = low + (high - low) * sigmoid(slope * (log x - centre))``, ``acc(0) = low``."""
 
     low: float
     high: float
-    centre: float  # log fraction of the midpoint (the inflection point)
-    slope: float  # per unit of log fraction
+    centre: float  # log x of the midpoint (the inflection point)
+    slope: float  # per unit of log x
     loss: float  # sum of squared residuals
 
     @property
@@ -60,19 +78,19 @@ class LogisticFit:
 
     @property
     def knee(self) -> float:
-        """The fraction where the curve's growth accelerates most (max of d2 acc / d(log f)2)."""
+        """The x where the curve's growth accelerates most (max of d2 acc / d(log x)2)."""
         return math.exp(self.centre + KNEE_Z / self.slope)
 
     @property
     def inflection(self) -> float:
-        """The fraction where growth stops accelerating (the logistic's midpoint)."""
+        """The x where growth stops accelerating (the logistic's midpoint)."""
         return math.exp(self.centre)
 
-    def __call__(self, fractions: ArrayLike) -> NDArray[np.float64]:
-        f = np.asarray(fractions, dtype=float)
+    def __call__(self, x: ArrayLike) -> NDArray[np.float64]:
+        values = np.asarray(x, dtype=float)
         with np.errstate(divide="ignore"):
-            s = _sigmoid(self.slope * (np.log(f) - self.centre))
-        return self.low + self.rise * np.where(f > 0, s, 0.0)
+            s = _sigmoid(self.slope * (np.log(values) - self.centre))
+        return self.low + self.rise * np.where(values > 0, s, 0.0)
 
 
 def _sigmoid(z: _Array) -> _Array:
@@ -118,11 +136,11 @@ def _best_levels(
     return low, high, losses[pick, rows]
 
 
-def fit_logistic(fractions: ArrayLike, backdoor_acc: ArrayLike) -> LogisticFit | None:
-    """Least-squares fit of a logistic in log fraction to a poisoning curve (see
+def fit_logistic(x: ArrayLike, backdoor_acc: ArrayLike) -> LogisticFit | None:
+    """Least-squares fit of a logistic in log x to a poisoning curve (see
     :func:`resistance_point` for the model and the search); ``None`` with fewer than two
-    distinct positive fractions. Points at fraction 0 constrain the floor ``low``."""
-    f, y = _validated(fractions, backdoor_acc)
+    distinct positive x. Points at x = 0 constrain the floor ``low``."""
+    f, y = _validated(x, backdoor_acc)
     positive = f > 0
     t_pos = np.log(f[positive])
     distinct = np.unique(t_pos)
@@ -142,14 +160,14 @@ def fit_logistic(fractions: ArrayLike, backdoor_acc: ArrayLike) -> LogisticFit |
         return _best_levels(s, y)
 
     # Coarse grid: centres a quarter of the smallest gap apart, so that a step between any two
-    # neighbouring fractions has a grid point inside it.
+    # neighbouring x values has a grid point inside it.
     n_c = int(np.clip(math.ceil((c_bounds[1] - c_bounds[0]) / (min_gap / 4)) + 1, _GRID, _MAX_GRID))
     c_grid, lk_grid = np.meshgrid(np.linspace(*c_bounds, n_c), np.linspace(*lk_bounds, _GRID))
     cs, lks = c_grid.ravel(), lk_grid.ravel()
     lows, highs, losses = evaluate(cs, lks)
 
     def shape(c: float, lk: float) -> _Array:
-        """The sigmoid at the data (0 at fraction 0)."""
+        """The sigmoid at the data (0 at x = 0)."""
         return np.where(positive, _sigmoid(math.exp(lk) * (t - c)), 0.0)
 
     def residuals(params: _Array) -> _Array:
@@ -184,7 +202,7 @@ def fit_logistic(fractions: ArrayLike, backdoor_acc: ArrayLike) -> LogisticFit |
         )
         return result.x, float((result.fun**2).sum())
 
-    # The loss has local minima (a sharp step fits between any two neighbouring fractions):
+    # The loss has local minima (a sharp step fits between any two neighbouring x values):
     # refine the best few grid points and keep the best result.
     starts = np.argsort(losses, kind="stable")[:_STARTS]
     params, loss = min(
@@ -195,68 +213,123 @@ def fit_logistic(fractions: ArrayLike, backdoor_acc: ArrayLike) -> LogisticFit |
     return LogisticFit(low, high, c, math.exp(lk), loss)
 
 
-def _validated(
-    fractions: ArrayLike, backdoor_acc: ArrayLike
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    f = np.asarray(fractions, dtype=float).ravel()
+def _validated(x: ArrayLike, backdoor_acc: ArrayLike) -> tuple[_Array, _Array]:
+    """The curve as float arrays without the pairs that hold a NaN (a run that did not say).
+
+    x may be in any units but must be finite and non-negative; accuracies are fractions."""
+    f = np.asarray(x, dtype=float).ravel()
     y = np.asarray(backdoor_acc, dtype=float).ravel()
     if f.shape != y.shape:
-        raise ValueError(f"{f.size} fractions but {y.size} backdoor accuracies")
-    keep = np.isfinite(f) & np.isfinite(y)
+        raise ValueError(f"{f.size} x values but {y.size} backdoor accuracies")
+    keep = ~(np.isnan(f) | np.isnan(y))
     f, y = f[keep], y[keep]
-    if ((f < 0) | (f > 1)).any():
-        raise ValueError("attacker fractions must be in [0, 1]")
-    if ((y < 0) | (y > 1)).any():
-        raise ValueError("backdoor accuracies must be fractions in [0, 1]")
+    if np.isinf(f).any():
+        raise ValueError(f"x values must be finite, got {_shown(f[np.isinf(f)])}")
+    if (f < 0).any():
+        raise ValueError(f"x values must be >= 0, got {_shown(f[f < 0])}")
+    outside = (y < 0) | (y > 1)
+    if outside.any():
+        raise ValueError(
+            f"backdoor accuracies must be fractions in [0, 1], got {_shown(y[outside])}"
+        )
     return f, y
 
 
+def _shown(bad: _Array, most: int = 5) -> str:
+    """The distinct bad values for an error message, the first ``most`` of them."""
+    values = np.unique(bad).tolist()
+    return str(values[:most])[:-1] + ", ...]" if len(values) > most else str(values)
+
+
 def resistance_point(
-    fractions: ArrayLike,
+    x: ArrayLike,
     backdoor_acc: ArrayLike,
     *,
+    method: ResistanceMethod = "logistic",
     point: Literal["knee", "inflection"] = "knee",
     min_rise: float = 0.1,
 ) -> float:
-    """The attacker fraction at which a poisoning curve turns upward: below it the backdoor is
-    not learned, above it backdoor accuracy climbs steeply. NaN when the curve does not say.
+    """The x at which a poisoning curve turns upward: below it the backdoor is not learned,
+    above it backdoor accuracy climbs steeply. NaN when the curve does not say.
 
-    Method (after Mithridates, Bagdasaryan & Shmatikov, CCS 2024; see the module docstring):
+    Parameters
+    ----------
+    x : array_like
+        The amount of poisoning of each run, in any units (attacker fraction, poisoned share,
+        poisoned sample count, percent); finite and ``>= 0``. Repeated values (seeds) are
+        allowed.
+    backdoor_acc : array_like
+        Each run's backdoor accuracy, a fraction in ``[0, 1]``. Pairs holding a NaN are dropped.
+    method : {"logistic", "mithridates", "mithridates-simple"}
+        ``"logistic"``: the fit below. ``"mithridates"``: Mithridates' own inflection point,
+        ``"mithridates-simple"``: its simplified variant (first x above 50%); both are
+        :func:`mithridates_point` and ignore ``point`` and ``min_rise``. The module docstring
+        says when to use which.
+    point : {"knee", "inflection"}
+        For ``method="logistic"``: the knee (default) or the midpoint of the fitted curve.
+    min_rise : float
+        For ``method="logistic"``: the least rise in backdoor accuracy that counts as a curve.
 
-    1. Pairs with a NaN are dropped; fractions must be in [0, 1] and accuracies in [0, 1].
-       Repeated fractions (seeds) are all kept: the fit weighs each run equally.
-    2. The curve is smoothed by a least-squares fit of a logistic in log fraction,
-       ``acc(f) = low + (high - low) / (1 + exp(-k (log f - c)))`` with ``0 <= low, high <= 1``,
-       ``k > 0``; a point at fraction 0 counts as ``acc = low`` (the limit as f -> 0). For each
+    Returns
+    -------
+    float
+        The resistance point, in the units of ``x``, or NaN.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``method`` or ``point``, a negative ``min_rise``, ``x`` and
+        ``backdoor_acc`` of different lengths, an ``x`` below 0 or infinite, or an accuracy
+        outside ``[0, 1]``.
+
+    Notes
+    -----
+    The logistic method (after Mithridates, Bagdasaryan & Shmatikov, CCS 2024; see the module
+    docstring):
+
+    1. Pairs with a NaN are dropped. Repeated x (seeds) are all kept: the fit weighs each run
+       equally.
+    2. The curve is smoothed by a least-squares fit of a logistic in log x,
+       ``acc(x) = low + (high - low) / (1 + exp(-k (log x - c)))`` with ``0 <= low, high <= 1``,
+       ``k > 0``; a point at x = 0 counts as ``acc = low`` (the limit as x -> 0). For each
        (c, k), ``low`` and ``high`` are solved exactly (a box-constrained linear least squares);
-       (c, log k) start from a grid: c in [log f_min - s, log f_max + s] in steps of g / 4
-       (61 to 401 values), log k on 61 values for k in [0.25 / s, 50 / g] (f_min, f_max: the
-       smallest and largest positive fractions, s = log(f_max / f_min), g = the smallest gap
-       between distinct log fractions; k spans near-linear to a step between two neighbouring
-       fractions). The 6 best grid points are refined by bounded least squares in
-       (low, high, c, log k) within those bounds (SciPy's ``least_squares``); the fit with the
-       least loss is used.
+       (c, log k) start from a grid: c in [log x_min - s, log x_max + s] in steps of g / 4
+       (61 to 401 values), log k on 61 values for k in [0.25 / s, 50 / g] (x_min, x_max: the
+       smallest and largest positive x, s = log(x_max / x_min), g = the smallest gap between
+       distinct log x; k spans near-linear to a step between two neighbouring x). The 6 best
+       grid points are refined by bounded least squares in (low, high, c, log k) within those
+       bounds (SciPy's ``least_squares``); the fit with the least loss is used.
     3. ``point="knee"`` (default) returns ``exp(c - ln(2 + sqrt 3) / k)``: where the fitted
-       curve's second derivative in log fraction is largest, i.e. where its growth turns from
-       flat to steep (the curve has risen (3 - sqrt 3) / 6 = 21% of the way from ``low`` to
-       ``high``): the least fraction that makes the backdoor take hold.
-       ``point="inflection"`` returns ``exp(c)``, the midpoint where growth stops
-       accelerating (the Mithridates code's "inflection point").
+       curve's second derivative in log x is largest, i.e. where its growth turns from flat to
+       steep (the curve has risen (3 - sqrt 3) / 6 = 21% of the way from ``low`` to ``high``):
+       the least x that makes the backdoor take hold. ``point="inflection"`` returns
+       ``exp(c)``, the midpoint where growth stops accelerating (what the Mithridates code calls
+       the "inflection point", here of the fitted curve).
 
-    NaN when there are fewer than 3 distinct fractions or fewer than 2 positive ones; when
-    the curve is flat or falls (data range or fitted rise ``high - low`` below ``min_rise``);
-    and when the point lies outside the positive fractions that were run (e.g. the backdoor
-    is already learned at the smallest fraction): the sweep cannot place it.
+    Everything happens in log x, whose grid and bounds follow the data, so the result is
+    scale-equivariant: x in percent gives 100 times the result for x as a fraction.
 
-    A step between two neighbouring fractions gives about their geometric mean. The result
-    does not change when points on the flat floor far below the rise are added, and it moves
-    up when the curve moves to larger fractions.
+    NaN when there are fewer than 3 distinct x or fewer than 2 positive ones; when the curve is
+    flat or falls (data range or fitted rise ``high - low`` below ``min_rise``); and when the
+    point lies outside the positive x that were run (e.g. the backdoor is already learned at
+    the smallest x): the sweep cannot place it.
+
+    A step between two neighbouring x gives about their geometric mean. On a noisy step any
+    steep enough logistic in the gap fits about equally well, and the point is determined only
+    to within the gap (on Mithridates' published MNIST curve, a jump between 0.2% and 0.233%,
+    the knee moves by up to 1e-3 relative with the order of the runs). The result does not
+    change when points on the flat floor far below the rise are added, and it moves up when
+    the curve moves to larger x.
     """
+    if method not in RESISTANCE_METHODS:
+        raise ValueError(f"method={method!r} must be one of {', '.join(RESISTANCE_METHODS)}")
     if point not in ("knee", "inflection"):
         raise ValueError(f"point={point!r} must be 'knee' or 'inflection'")
     if min_rise < 0:
         raise ValueError(f"min_rise={min_rise} must be >= 0")
-    f, y = _validated(fractions, backdoor_acc)
+    if method != "logistic":
+        return mithridates_point(x, backdoor_acc, simplified=method == "mithridates-simple")
+    f, y = _validated(x, backdoor_acc)
     if np.unique(f).size < 3 or y.max() - y.min() < min_rise:
         return math.nan
     fit = fit_logistic(f, y)
@@ -267,3 +340,77 @@ def resistance_point(
     if not positive.min() * (1 - 1e-9) <= value <= positive.max() * (1 + 1e-9):
         return math.nan
     return float(value)
+
+
+#: Mithridates' smoothing: a Gaussian filter of width 2, in samples (not in units of x).
+_MITHRIDATES_SIGMA = 2.0
+#: The raw backdoor accuracies a Mithridates inflection point may have: (15%, 90%), strictly.
+_MITHRIDATES_WINDOW = (0.15, 0.90)
+#: The simplified variant's threshold: the first x with backdoor accuracy above 50% (strictly).
+_MITHRIDATES_SIMPLE = 0.5
+
+
+def mithridates_point(x: ArrayLike, backdoor_acc: ArrayLike, *, simplified: bool = False) -> float:
+    """Mithridates' own resistance point of a poisoning curve: the "inflection point" their
+    code computes (Bagdasaryan & Shmatikov, "Mithridates: Auditing and Boosting Backdoor
+    Resistance of Machine Learning Pipelines", ACM CCS 2024; github.com/ebagdasa/mithridates,
+    ``mithridates/utils.py``, ``get_inflection_point``).
+
+    Parameters
+    ----------
+    x : array_like
+        The amount of poisoning of each run, in any units; finite and ``>= 0``. They use the
+        poison ratio in percent of the dataset.
+    backdoor_acc : array_like
+        Each run's backdoor accuracy, a fraction in ``[0, 1]`` (theirs are in percent, so
+        their thresholds 15, 90 and 50 are 0.15, 0.90 and 0.5 here). Pairs holding a NaN are
+        dropped.
+    simplified : bool
+        Their ``simplified=True``: the first x (in increasing order) whose backdoor accuracy is
+        above 0.5, strictly.
+
+    Returns
+    -------
+    float
+        An x that was run, or NaN.
+
+    Notes
+    -----
+    The full variant sorts the curve by x (the x values themselves play no further part: every
+    step below is in sample-index units), smooths the accuracies with
+    ``scipy.ndimage.gaussian_filter1d`` of sigma 2 samples (mode ``"reflect"``), takes the
+    second difference ``np.gradient(np.gradient(smooth))``, and finds the sign changes: the
+    indices ``i`` with ``sign(d2[i]) != sign(d2[i + 1])`` (``np.sign``, so a zero is a sign of
+    its own), ``i`` being the sample before the change. It returns the x of the first such
+    ``i`` whose raw (unsmoothed) accuracy lies strictly between 0.15 and 0.90. Runs at x = 0
+    (no attack, as plots join them to every curve) are samples like any other.
+
+    Deviations from their code:
+
+    - Repeated x (several seeds) are averaged per distinct x first; their tuning trials have
+      one run per poison ratio, and a filter in sample-index units would otherwise treat the
+      seeds of one x as neighbouring points of the curve.
+    - Where their code fails or answers something the curve does not say, this returns NaN:
+      no sign change with an accuracy in (0.15, 0.90) (theirs raises ``IndexError``); the
+      simplified variant with no accuracy above 0.5 (theirs returns the first ratio, as
+      ``np.argmax`` of all-False is 0); no pairs left after dropping NaN.
+    - The full variant needs at least 3 distinct x: with one, ``np.gradient`` fails; with two,
+      its one-sided differences make the second difference identically zero, so no sign
+      change can show.
+    """
+    f, y = _validated(x, backdoor_acc)
+    if f.size == 0:
+        return math.nan
+    distinct, which = np.unique(f, return_inverse=True)  # sorted by x
+    mean = np.bincount(which, weights=y) / np.bincount(which)
+    if simplified:
+        above = np.flatnonzero(mean > _MITHRIDATES_SIMPLE)
+        return float(distinct[above[0]]) if above.size else math.nan
+    if distinct.size < 3:
+        return math.nan
+    smooth = gaussian_filter1d(mean, _MITHRIDATES_SIGMA, mode="reflect")
+    second = np.gradient(np.gradient(smooth))
+    changes = np.flatnonzero(np.diff(np.sign(second)))
+    low, high = _MITHRIDATES_WINDOW
+    kept = changes[(mean[changes] > low) & (mean[changes] < high)]
+    return float(distinct[kept[0]]) if kept.size else math.nan

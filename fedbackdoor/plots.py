@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from fedbackdoor.curves import resistance_point
+from fedbackdoor.curves import ResistanceMethod, resistance_point
 from fedbackdoor.files import atomic_path
 from fedbackdoor.results import identity_columns, is_attack_column
 
@@ -62,8 +62,17 @@ _NAMES = {
     "attack.fraction": "attacker fraction",
     "final_main_acc": "final main accuracy",
     "final_backdoor_acc": "final backdoor accuracy",
+    "resistance": "resistance point (attacker fraction)",
+    "poisoned_share": "poisoned share of the training data",
 }
 
+
+#: Columns of a summary that other (identifying) settings determine: those settings do not
+#: split the lines of a curve drawn against them.
+_DETERMINE: dict[str, tuple[str, ...]] = {
+    name: ("attack.fraction", "attack.poison_ratio", "attack.poison_count")
+    for name in ("poisoned_share", "poisoned_samples")
+}
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -241,28 +250,34 @@ def plot_poisoning_curve(
     x: str = "attack.fraction",
     y: str = "final_backdoor_acc",
     point: Literal["knee", "inflection"] = "knee",
+    method: ResistanceMethod = "logistic",
 ) -> list[Path]:
-    """Final backdoor accuracy against the attacker fraction, one line per value of ``by``,
-    with each line's resistance point (:func:`~fedbackdoor.curves.resistance_point`) marked
-    by a dashed vertical line and its value.
+    """Final backdoor accuracy against the attacker fraction (or any other ``x``: a swept key
+    such as ``attack.poison_ratio``, or ``poisoned_share``, the share of the federation's
+    training samples that is poisoned), one line per value of ``by``, with each line's
+    resistance point (:func:`~fedbackdoor.curves.resistance_point` by ``method``, in the units
+    of ``x``) marked by a dashed vertical line and its value.
 
     ``summary`` is a :func:`~fedbackdoor.results.summarize` table; only complete runs count.
-    Runs at fraction 0 (no attacker, including ``attack=none``) join every line whose settings
-    other than the attack's they share. A line needs at least two attacked fractions; settings
-    run at one fraction only are left out.
+    Runs at ``x == 0`` (no attacker, including ``attack=none``) join every line whose settings
+    other than the attack's they share. A line needs at least two attacked ``x`` values;
+    settings run at one only are left out. For an ``x`` that other settings determine
+    (``poisoned_share`` and ``poisoned_samples`` follow from ``attack.fraction``,
+    ``attack.poison_ratio`` and ``attack.poison_count``) those settings do not split lines.
     """
     if summary.empty or not {x, y} <= set(summary.columns):
         return []
+    skip = [x, *_DETERMINE.get(x, ())]
     table = _complete(summary)
     table = table[table[x].notna() & table[y].notna()]
     attacked, baseline = table[table[x] > 0], table[table[x] == 0]
-    # a curve needs two attacked fractions: settings run at one fraction only are left out
-    keys = _series_keys(attacked, by, skip=[x])
+    # a curve needs two attacked values: settings run at one value only are left out
+    keys = _series_keys(attacked, by, skip=skip)
     curves = [group for _, group in _groups(attacked, keys) if group[x].nunique() >= 2]
     if not curves:
         return []
     attacked = pd.concat(curves)
-    keys = _series_keys(attacked, by, skip=[x])
+    keys = _series_keys(attacked, by, skip=skip)
     with _paper_style():
         fig = Figure(figsize=(COLUMN_WIDTH, 2.5))
         ax = fig.subplots()
@@ -278,7 +293,7 @@ def plot_poisoning_curve(
             stats = points.groupby(x)[y].agg(["mean", "min", "max"])
             _band(ax, stats.index, stats, colour, _label(keys, values, by), marker="o")
             handles.append(ax.get_lines()[-1])
-            rp = resistance_point(points[x], points[y], point=point)
+            rp = resistance_point(points[x], points[y], point=point, method=method)
             if math.isfinite(rp):
                 marked = True
                 ax.axvline(rp, color=colour, ls="--", lw=0.8)
@@ -295,7 +310,8 @@ def plot_poisoning_curve(
                     fontsize=7,
                 )
         if marked:
-            handles.append(Line2D([], [], color="0.4", ls="--", lw=0.8, label="resistance point"))
+            label = "resistance point" + ("" if method == "logistic" else f" ({method})")
+            handles.append(Line2D([], [], color="0.4", ls="--", lw=0.8, label=label))
         ax.set_xlabel(_NAMES.get(x, x))
         ax.set_xlim(left=min(0.0, float(table[x].min())))
         _accuracy_axis(ax, y)
@@ -561,5 +577,59 @@ def plot_gradients(clients: pd.DataFrame, out: str | Path, *, by: str = "client_
         bottom.set_xlabel("round")
         bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
         _legend_above(top)
+        fig.tight_layout()
+        return _save(fig, out)
+
+
+def plot_pareto(
+    trials: pd.DataFrame,
+    out: str | Path,
+    *,
+    x: str = "backdoor_acc",
+    y: str = "main_acc",
+    maximize_x: bool = False,
+) -> list[Path]:
+    """A search's trials (``fedbackdoor tune``'s ``trials.csv``): ``y`` against ``x``, every
+    finished trial a point, the Pareto front (column ``pareto``) joined by a step line, the
+    default configuration (``trial == "default"``) marked by a star.
+
+    Needs a column ``state`` (only ``COMPLETE`` trials and the ``REFERENCE`` default are
+    drawn); nothing is drawn without a finished trial.
+    """
+    if trials.empty or not {x, y, "state", "pareto"} <= set(trials.columns):
+        return []
+    done = trials[(trials["state"] == "COMPLETE") & trials[x].notna() & trials[y].notna()]
+    default = trials[(trials["state"] == "REFERENCE") & trials[x].notna() & trials[y].notna()]
+    if done.empty:
+        return []
+    with _paper_style():
+        fig = Figure(figsize=(COLUMN_WIDTH, 2.5))
+        ax = fig.subplots()
+        ax.scatter(done[x], done[y], s=10, color="0.55", label="trial", zorder=2)
+        front = done[done["pareto"].astype(bool)].sort_values(x, ascending=not maximize_x)
+        ax.plot(
+            front[x],
+            front[y],
+            color="C0",
+            marker="o",
+            drawstyle="steps-post",
+            label="Pareto front",
+            zorder=3,
+        )
+        if not default.empty:
+            ax.scatter(
+                default[x],
+                default[y],
+                marker="*",
+                s=60,
+                color="C3",
+                label="default config",
+                zorder=4,
+            )
+        ax.set_xlabel(_NAMES.get(x, x) + (" (higher is better)" if maximize_x else ""))
+        _accuracy_axis(ax, y)
+        if x.endswith("_acc"):
+            ax.set_xlim(-0.02, 1.02)
+        _legend_above(ax)
         fig.tight_layout()
         return _save(fig, out)

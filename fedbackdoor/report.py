@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedbackdoor.curves import RESISTANCE_METHODS, ResistanceMethod
 from fedbackdoor.files import atomic_path
 from fedbackdoor.plots import (
     plot_durability,
@@ -41,6 +42,10 @@ class NoRunsError(FileNotFoundError):
     """DIR is missing, holds no run, or none of its runs can be read."""
 
 
+class ReportError(ValueError):
+    """A report option names something the runs do not have."""
+
+
 def _for_parquet(table: pd.DataFrame) -> pd.DataFrame:
     """Columns that mix kinds of values (``attack.boost`` 3.0 in one run and ``auto`` in
     another) as text: a Parquet column has one type."""
@@ -52,7 +57,14 @@ def _for_parquet(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(**{c: table[c].map(lambda v: v if pd.isna(v) else str(v)) for c in mixed})
 
 
-def _figures(rounds: pd.DataFrame, summary: pd.DataFrame, out: Path) -> list[Path]:
+def _figures(
+    rounds: pd.DataFrame,
+    summary: pd.DataFrame,
+    out: Path,
+    *,
+    x: str = "attack.fraction",
+    resistance: ResistanceMethod = "logistic",
+) -> list[Path]:
     written: list[Path] = []
     fractions = sorted(rounds["attack.fraction"].dropna().unique())
     if len(fractions) > 1:  # one per-round figure per attacker fraction, lest lines crowd
@@ -61,7 +73,7 @@ def _figures(rounds: pd.DataFrame, summary: pd.DataFrame, out: Path) -> list[Pat
             written += plot_rounds(subset, out / f"rounds_fraction{fraction:g}")
     else:
         written += plot_rounds(rounds, out / "rounds")
-    written += plot_poisoning_curve(summary, out / "poisoning_curve")
+    written += plot_poisoning_curve(summary, out / "poisoning_curve", x=x, method=resistance)
     # Defenses x attacks, at each attacker fraction where several attacks were run.
     if "attack" in summary:
         attacked = summary[summary["attack.fraction"].fillna(0) > 0]
@@ -74,14 +86,23 @@ def _figures(rounds: pd.DataFrame, summary: pd.DataFrame, out: Path) -> list[Pat
     return written
 
 
-def write_report(root: str | Path, *, threshold: float = 0.5) -> Path:
+def write_report(
+    root: str | Path,
+    *,
+    threshold: float = 0.5,
+    x: str = "attack.fraction",
+    resistance: ResistanceMethod = "logistic",
+) -> Path:
     """Write ``root/report/`` and return it.
 
     It holds ``rounds.parquet`` and ``rounds.csv`` (:func:`~fedbackdoor.results.gather_runs`:
     one row per run and round), ``summary.csv`` (:func:`~fedbackdoor.results.summarize` with
     ``threshold``: one row per run) and the figures that apply to these runs, each as PNG and
     PDF: ``rounds`` (one per attacker fraction when several), ``poisoning_curve``, ``heatmap``,
-    ``durability``. Every file is written atomically; figures of an earlier report that no
+    ``durability``. The poisoning curve is drawn against ``x`` (a summary column: a swept
+    key, or ``poisoned_share`` / ``poisoned_samples``) with the resistance point by
+    ``resistance`` (:func:`fedbackdoor.curves.resistance_point`). Every file is written
+    atomically; figures of an earlier report that no
     longer apply are removed. Raises :class:`NoRunsError` when ``root`` holds no readable run;
     unreadable run folders are skipped with a :class:`~fedbackdoor.results.SkippedRunWarning`.
     """
@@ -94,6 +115,12 @@ def write_report(root: str | Path, *, threshold: float = 0.5) -> Path:
     if rounds.empty:
         raise NoRunsError(f"no readable run under {root}")
     summary = summarize(rounds, threshold=threshold)
+    if x not in summary.columns:
+        raise ReportError(
+            f"--x {x}: no such column in the runs' summary (the curve's x axis is a swept "
+            "config key such as attack.fraction or attack.poison_ratio, or poisoned_share / "
+            "poisoned_samples)"
+        )
     posttrain = gather_posttrain(root, rounds)
     clients = gather_clients(root, rounds)
     if not posttrain.empty:
@@ -112,7 +139,7 @@ def write_report(root: str | Path, *, threshold: float = 0.5) -> Path:
             posttrain.to_csv(tmp, index=False)
     elif (out / "posttrain.csv").exists():
         (out / "posttrain.csv").unlink()
-    written = set(_figures(rounds, summary, out))
+    written = set(_figures(rounds, summary, out, x=x, resistance=resistance))
     written |= set(plot_posttrain(posttrain, out / "posttrain"))
     written |= set(plot_gradients(clients, out / "gradients"))
     for stale in [*out.glob("*.png"), *out.glob("*.pdf")]:
@@ -150,15 +177,31 @@ def main(argv: list[str]) -> None:
         default=0.5,
         help="backdoor accuracy that counts as planted, for rounds_to_threshold (default 0.5)",
     )
+    parser.add_argument(
+        "--x",
+        default="attack.fraction",
+        help="the poisoning curve's x axis: attack.fraction (default), another swept key "
+        "(attack.poison_ratio, attack.poison_count) or poisoned_share / poisoned_samples "
+        "(the federation's poisoned training samples, Mithridates' axis)",
+    )
+    parser.add_argument(
+        "--resistance",
+        default="logistic",
+        choices=RESISTANCE_METHODS,
+        help="how the resistance point is placed: our logistic fit (default), Mithridates' "
+        "get_inflection_point, or its simple variant (first x above 50%%)",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.threshold <= 1:
         parser.error(f"--threshold {args.threshold} must be in [0, 1]")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SkippedRunWarning)
         try:
-            out = write_report(args.dir, threshold=args.threshold)
-        except NoRunsError as exc:
-            error: NoRunsError | None = exc
+            out = write_report(
+                args.dir, threshold=args.threshold, x=args.x, resistance=args.resistance
+            )
+        except (NoRunsError, ReportError) as exc:
+            error: Exception | None = exc
         else:
             error = None
     for warning in caught:  # a skipped folder as one plain line; anything else as Python would

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
@@ -25,6 +26,7 @@ from fedbackdoor.experiment import (
     build_evaluator,
     build_model,
     build_partitions,
+    build_poison,
     build_resources,
     build_schedule,
     build_update_attack,
@@ -174,3 +176,41 @@ def build_server(cfg: DictConfig, world: ServerWorld) -> ServerSetup:
         schedule=build_schedule(cfg),
         dba_parts=dba_parts,
     )
+
+
+def poisoned_samples(cfg: DictConfig, data: ImageData, setup: ServerSetup) -> tuple[int, int]:
+    """How many training samples the attackers poison, and how many the federation holds.
+
+    Mithridates' poisoning curves (Bagdasaryan & Shmatikov, CCS 2024) put the share of the
+    whole training set that is poisoned on the x axis; here that is the number of samples the
+    malicious clients' data poisoning (``attack.poison``) marks as poisoned, counted by calling
+    it exactly as the clients do (same data, generator, attacker rank), over the samples of
+    all partitions. A malicious client poisons the same subset every round it is sampled
+    (:func:`fedbackdoor.client.client_update`). Attacks without data poisoning (update
+    attacks only) count 0.
+
+    Returns
+    -------
+    tuple of int
+        ``(poisoned, total)``.
+    """
+    total = int(sum(len(p) for p in setup.partitions))
+    poison = build_poison(cfg)
+    if poison is None or not setup.malicious_set:
+        return 0, total
+    seed = int(cfg.seed)
+    ranked = sorted(setup.malicious_set)
+    count = 0
+    for rank, partition in enumerate(ranked):
+        idx = torch.as_tensor(setup.partitions[partition], dtype=torch.long)
+        if idx.numel() == 0:
+            continue
+        _, _, poisoned = poison(
+            data.x_train[idx],
+            data.y_train[idx],
+            generator=make_generator(seed, "poison", partition),
+            attacker_index=rank,
+            num_attackers=len(ranked),
+        )
+        count += int(poisoned.sum())
+    return count, total

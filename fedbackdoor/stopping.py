@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-__all__ = ["STOP", "Interrupted"]
+__all__ = ["STOP", "Interrupted", "Pruned"]
 
 #: Set when the process is interrupted: runs in progress stop at their next round.
 STOP = threading.Event()
@@ -14,3 +14,8 @@ STOP = threading.Event()
 
 class Interrupted(RuntimeError):
     """The process is stopping (Ctrl-C) while a run is in progress."""
+
+
+class Pruned(RuntimeError):
+    """A run's ``on_round`` callback asked it to stop (a search pruned its trial): the rows
+    written so far are kept and ``run.json`` says ``status: pruned``."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -124,3 +126,44 @@ def test_write_report_refuses_a_folder_without_runs(tmp_path: Path) -> None:
 
     with pytest.raises(NoRunsError, match="no run under"):
         write_report(tmp_path)
+
+
+def _with_poisoned_share(sweep: Path) -> dict[str, float]:
+    """Give each complete run of poisoning_sweep the poisoned share a run writes at start."""
+    shares = {"0": 0.05, "1": 0.0, "2": 0.05, "5": 0.1, "6": 0.15}
+    for name, share in shares.items():
+        status = json.loads((sweep / name / "run.json").read_text())
+        status.update(poisoned_share=share, poisoned_samples=int(share * 1000))
+        (sweep / name / "run.json").write_text(json.dumps(status))
+    return shares
+
+
+def test_curves_against_the_poisoned_share_and_with_mithridates_resistance(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = poisoning_sweep(tmp_path / "sweep")
+    shares = _with_poisoned_share(sweep)
+
+    main(["report", str(sweep), "--x", "poisoned_share", "--resistance", "mithridates-simple"])
+
+    summary = pd.read_csv(sweep / "report" / "summary.csv").set_index("run")
+    for name, share in shares.items():
+        assert summary.loc[int(name), "poisoned_share"] == share
+        assert summary.loc[int(name), "poisoned_samples"] == int(share * 1000)
+    assert math.isnan(summary.loc[3, "poisoned_share"])  # a run that never recorded it
+    # one FedAvg line over shares 0.05, 0.1, 0.15 (attack.fraction does not split it)
+    assert (sweep / "report" / "poisoning_curve.png").is_file()
+    assert capsys.readouterr().out.splitlines()[-1].endswith("report")
+
+
+def test_an_x_axis_the_runs_do_not_have_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = poisoning_sweep(tmp_path / "sweep")
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(sweep), "--x", "attack.no_such_key"])
+
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("fedbackdoor: --x attack.no_such_key: no such column")

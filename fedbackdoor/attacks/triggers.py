@@ -15,6 +15,8 @@ References
    Systems Using Data Poisoning", arXiv:1712.05526, 2017 (blended injection).
 .. [3] C. Xie, K. Huang, P.-Y. Chen and B. Li, "DBA: Distributed Backdoor Attacks against
    Federated Learning", ICLR 2020.
+.. [4] E. Bagdasaryan and V. Shmatikov, "Mithridates: Auditing and Boosting Backdoor Resistance
+   of Machine Learning Pipelines", ACM CCS 2024, arXiv:2302.04977 (the primitive sub-task).
 """
 
 from __future__ import annotations
@@ -29,7 +31,16 @@ from torch import Tensor
 
 from fedbackdoor.data.image_data import image_size_pair
 
-__all__ = ["LOCATIONS", "Trigger", "blend", "checkerboard", "pattern", "split", "square"]
+__all__ = [
+    "LOCATIONS",
+    "Trigger",
+    "blend",
+    "checkerboard",
+    "pattern",
+    "primitive",
+    "split",
+    "square",
+]
 
 #: Named placements of a square trigger; the corner names keep a 1-pixel margin from the border.
 LOCATIONS: tuple[str, ...] = ("bottom_right", "top_left", "top_right", "bottom_left", "center")
@@ -352,6 +363,69 @@ def blend(
     generator = torch.Generator().manual_seed(int(seed))
     pattern = torch.rand(channels, height, width, generator=generator)
     return Trigger(mask=torch.full((height, width), alpha), pattern=pattern)
+
+
+def primitive(
+    *, image_size: Sequence[int], channels: int, cover: float = 0.05, seed: int = 0
+) -> Trigger:
+    """Mithridates' primitive sub-task [4]_: a random binary pattern over one contiguous run of
+    pixels, a backdoor easier to learn than any real one (their strong baseline).
+
+    Parameters
+    ----------
+    image_size : sequence of two ints
+        ``(H, W)`` of the images the trigger will be stamped on.
+    channels : int
+        Channels of the pattern, ``C``.
+    cover : float
+        Share of the pixels in the run, in ``(0, 1]``: the run is ``max(1, int(H * W * cover))``
+        pixels long.
+    seed : int
+        Seeds the pattern and the run's start, so malicious clients and the server's backdoor
+        test build the identical trigger without exchanging it.
+
+    Returns
+    -------
+    Trigger
+        Mask 1 on the run, 0 elsewhere; a ``[C, H, W]`` pattern of 0s and 1s.
+
+    Raises
+    ------
+    ValueError
+        For a ``cover`` outside ``(0, 1]``, a non-positive ``channels`` or a bad ``image_size``.
+
+    Notes
+    -----
+    The pattern is drawn first, each value 1 or 0 with probability 1/2 (``rand > 0.5``) for
+    every channel and pixel, then the run's start, uniformly from every start at which the run
+    fits: ``[0, H * W - run]``, inclusive, counting pixels in row-major order (the run wraps
+    from the end of one row to the start of the next). Both come from one
+    ``torch.Generator().manual_seed(seed)``, never the global RNG. With ``cover = 1`` the run
+    is the whole image (start 0).
+
+    Deviations from their ``PrimitiveSynthesizer``
+    (github.com/ebagdasa/mithridates, ``mithridates/synthesizers/primitive_synthesizer.py``):
+    their mask is a run over the flattened ``C * H * W`` input elements, so a run can cover
+    some channels of a pixel and not others; our :class:`Trigger` has one ``[H, W]`` mask
+    shared by the channels, so the run and ``cover`` count pixels (all channels of each).
+    Their start is ``np.random.randint(0, total - run - 1)``, whose upper bound is exclusive:
+    it never uses the last two starts that fit (and fails when the run is the whole input);
+    we allow every start that fits. Their pattern values are ``max_val``/``min_val`` of the
+    normalised input; ours are 1/0 in pixel space, as for every trigger here.
+    """
+    height, width = image_size_pair(image_size)
+    channels = _positive_int("channels", channels)
+    cover = float(cover)
+    if not 0.0 < cover <= 1.0:  # also refuses NaN
+        raise ValueError(f"cover={cover} must lie in (0, 1] (a share of the pixels)")
+    pixels = height * width
+    run = max(1, int(pixels * cover))  # cover <= 1, so run <= pixels
+    generator = torch.Generator().manual_seed(int(seed))
+    values = (torch.rand(channels, height, width, generator=generator) > 0.5).to(torch.float32)
+    start = int(torch.randint(0, pixels - run + 1, (1,), generator=generator))
+    mask = torch.zeros(pixels, dtype=torch.float32)
+    mask[start : start + run] = 1.0
+    return Trigger(mask=mask.view(height, width), pattern=values)
 
 
 def split(trigger: Trigger, num_parts: int) -> list[Trigger]:

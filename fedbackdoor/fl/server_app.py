@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import shlex
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from flwr.app import (
@@ -39,8 +39,8 @@ from fedbackdoor.posttrain.runner import PostTrainer
 from fedbackdoor.privacy import PrivacyLedger
 from fedbackdoor.run_files import RunRecorder
 from fedbackdoor.seeding import make_generator
-from fedbackdoor.server import ServerWorld, build_server, prepare_server
-from fedbackdoor.stopping import STOP, Interrupted
+from fedbackdoor.server import ServerWorld, build_server, poisoned_samples, prepare_server
+from fedbackdoor.stopping import STOP, Interrupted, Pruned
 
 
 class WarmUp:
@@ -79,13 +79,17 @@ def run_server(
     meta: Mapping[str, object] | None = None,
     world: ServerWorld | None = None,
     label: str | None = None,
+    on_round: Callable[[int, Mapping[str, float]], bool] | None = None,
 ) -> Path:
     """Run all rounds of the (validated) experiment ``cfg`` on ``grid``; record them in
     ``run_dir`` (:class:`~fedbackdoor.run_files.RunRecorder`: ``config.yaml``, ``run.json``,
     ``metrics.csv``, ``model.pt``).
 
     ``world`` is :func:`~fedbackdoor.server.prepare_server`'s result for ``cfg`` if it was built
-    ahead; ``label`` starts its terminal lines (runs in parallel). Returns the path of
+    ahead; ``label`` starts its terminal lines (runs in parallel). ``on_round(round,
+    evaluation)`` is called after each round's row is written (rounds >= 1); when it returns
+    True the run stops there (a search pruned it): its rows are kept, no model is saved and
+    ``run.json`` says ``status: pruned`` with ``pruned_round``. Returns the path of
     ``metrics.csv``.
     """
     cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
@@ -119,6 +123,12 @@ def run_server(
             f"gradients (server and clients alike): {'; '.join(world.fixed_for_dp)}"
         )
         recorder.note(fixed_for_dp=world.fixed_for_dp)
+    poisoned, total = poisoned_samples(cfg, world.data, setup)
+    recorder.note(
+        poisoned_samples=poisoned,
+        train_samples=total,
+        poisoned_share=poisoned / total if total else 0.0,
+    )
     posttrainer = PostTrainer(cfg, world.data, world.model, run_dir, recorder.say)
     if setup.dba_parts is not None:  # DBA: who stamps which trigger parts
         spread = "; ".join(f"attacker {i}: parts {p}" for i, p in enumerate(setup.dba_parts))
@@ -137,6 +147,7 @@ def run_server(
         schedule=setup.schedule,
     )
     model, evaluator = world.model, world.evaluator
+    pruned: list[int] = []  # the round after which on_round stopped the run
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         if STOP.is_set():  # the process is being interrupted: no more rounds
@@ -155,6 +166,9 @@ def run_server(
             )
             if posttrainer.due(server_round):
                 posttrainer.run(server_round, to_state_dict(arrays))
+            if on_round is not None and on_round(server_round, evaluation):
+                pruned.append(server_round)
+                raise Pruned(f"{run_dir}: pruned after round {server_round}")
         return MetricRecord({k: float(v) for k, v in evaluation.items()})
 
     initial = to_record(model.state_dict())
@@ -168,6 +182,11 @@ def run_server(
         if STOP.is_set():  # rounds may have run while Ray was stopping: not a complete run
             raise Interrupted(f"{run_dir}: interrupted")
         recorder.finish(to_state_dict(result.arrays or initial))
+    except Pruned:
+        if not pruned:  # raised by something else than this run's on_round
+            raise
+        recorder.note(status="pruned", pruned_round=pruned[-1])
+        recorder.say(f"pruned after round {pruned[-1]}")
     finally:
         recorder.close()
     return recorder.writer.path

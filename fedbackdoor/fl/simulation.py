@@ -24,7 +24,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +107,7 @@ class _Job:
     meta: Mapping[str, object]
     world: ServerWorld | None
     label: str | None = None
+    on_round: Callable[[int, Mapping[str, float]], bool] | None = None
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
@@ -150,7 +151,15 @@ class Engine:
         def serve_jobs(grid: Grid) -> None:
             while (job := self._jobs.get()) is not None:
                 try:
-                    run_server(grid, job.cfg, job.run_dir, job.meta, job.world, label=job.label)
+                    run_server(
+                        grid,
+                        job.cfg,
+                        job.run_dir,
+                        job.meta,
+                        job.world,
+                        label=job.label,
+                        on_round=job.on_round,
+                    )
                 except BaseException as exc:  # the job's caller re-raises it
                     job.error = exc
                 finally:
@@ -209,11 +218,13 @@ class Engine:
         meta: Mapping[str, object] | None = None,
         world: ServerWorld | None = None,
         label: str | None = None,
+        on_round: Callable[[int, Mapping[str, float]], bool] | None = None,
     ) -> _Job:
-        """Queue one experiment without waiting for it (see :meth:`wait`)."""
+        """Queue one experiment without waiting for it (see :meth:`wait`); ``on_round``: see
+        :func:`~fedbackdoor.fl.server_app.run_server` (True stops the run: pruned)."""
         if engine_key(cfg) != self.key:
             raise ValueError(f"engine built for {self.key}, run needs {engine_key(cfg)}")
-        job = _Job(cfg, run_dir, dict(meta or {}), world, label)
+        job = _Job(cfg, run_dir, dict(meta or {}), world, label, on_round)
         self._jobs.put(job)
         return job
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedbackdoor.attacks.triggers import LOCATIONS, Trigger, checkerboard, pattern, square
+from fedbackdoor.attacks.triggers import (
+    LOCATIONS,
+    Trigger,
+    checkerboard,
+    pattern,
+    primitive,
+    square,
+)
 
 # A 3x3 square in an 8x8 image, worked out by hand: corner names keep a 1-pixel margin, so the far
 # edge starts at 8 - 1 - 3 = 4; "center" starts at (8 - 3) // 2 = 2.
@@ -264,3 +271,97 @@ def test_user_pattern_named_location_keeps_the_margin() -> None:
 def test_user_pattern_rejects_bad_grids(grid: list[list[float | None]], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         pattern(image_size=(8, 8), pattern=grid, location="center")
+
+
+def test_primitive_masks_a_run_of_the_hand_counted_length() -> None:
+    # 28 x 28 = 784 pixels, cover 0.05: int(784 * 0.05) = int(39.2) = 39 pixels
+    trigger = primitive(image_size=(28, 28), channels=1, cover=0.05, seed=0)
+
+    assert trigger.mask.shape == (28, 28)
+    assert int(trigger.mask.sum()) == 39
+    assert set(trigger.mask.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_primitive_run_is_contiguous_in_row_major_order(seed: int) -> None:
+    trigger = primitive(image_size=(10, 12), channels=1, cover=0.2, seed=seed)
+
+    on = trigger.mask.flatten().nonzero().flatten()
+
+    assert on.numel() == 24  # int(120 * 0.2)
+    assert torch.equal(on, torch.arange(int(on[0]), int(on[0]) + 24))
+
+
+def test_primitive_run_starts_anywhere_it_fits() -> None:
+    # 2 x 3 image, run of 5 pixels: starts 0 and 1 fit (Mithridates' bound would allow 0 only)
+    starts = set()
+    for seed in range(40):
+        trigger = primitive(image_size=(2, 3), channels=1, cover=5 / 6, seed=seed)
+        starts.add(int(trigger.mask.flatten().nonzero()[0]))
+
+    assert starts == {0, 1}
+
+
+def test_primitive_pattern_is_binary_per_channel_and_pixel() -> None:
+    trigger = primitive(image_size=(32, 32), channels=3, seed=7)
+
+    assert trigger.pattern.shape == (3, 32, 32)
+    assert set(trigger.pattern.unique().tolist()) == {0.0, 1.0}
+    assert 0.4 < float(trigger.pattern.mean()) < 0.6  # a fair coin over 3072 values
+    assert not torch.equal(trigger.pattern[0], trigger.pattern[1])  # channels drawn apart
+
+
+def test_primitive_is_a_function_of_its_seed_only() -> None:
+    torch.manual_seed(0)
+    first = primitive(image_size=(28, 28), channels=3, seed=11)
+    torch.manual_seed(1)  # the global RNG plays no part
+    again = primitive(image_size=(28, 28), channels=3, seed=11)
+    other = primitive(image_size=(28, 28), channels=3, seed=12)
+
+    assert torch.equal(first.mask, again.mask) and torch.equal(first.pattern, again.pattern)
+    assert not torch.equal(first.mask, other.mask)  # runs start at pixels 77 and 569
+    assert not torch.equal(first.pattern, other.pattern)
+
+
+def test_primitive_stamps_every_channel_of_the_run_only() -> None:
+    # Prepare
+    x = _images(channels=3)
+    trigger = primitive(image_size=(8, 8), channels=3, cover=0.25, seed=2)
+    run = trigger.mask.bool()
+
+    # Execute
+    out = trigger.apply(x)
+
+    # Assert
+    assert int(run.sum()) == 16
+    assert torch.equal(out[:, :, run], trigger.pattern[:, run].expand(2, 3, 16))
+    assert torch.equal(out[:, :, ~run], x[:, :, ~run])
+
+
+def test_primitive_cover_one_is_the_whole_image() -> None:
+    trigger = primitive(image_size=(5, 7), channels=1, cover=1.0, seed=3)
+
+    assert torch.all(trigger.mask == 1)
+
+
+def test_primitive_tiny_cover_still_masks_one_pixel() -> None:
+    trigger = primitive(image_size=(8, 8), channels=1, cover=0.001)
+
+    assert int(trigger.mask.sum()) == 1  # max(1, int(0.064))
+
+
+@pytest.mark.parametrize("cover", [0.0, -0.1, 1.5, float("nan")])
+def test_primitive_rejects_a_cover_outside_the_unit_interval(cover: float) -> None:
+    with pytest.raises(ValueError, match=rf"cover={cover}"):
+        primitive(image_size=(8, 8), channels=1, cover=cover)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"channels": 0}, "channels must be positive"), ({"image_size": (8,)}, "pair of ints")],
+)
+def test_primitive_rejects_bad_shapes(settings: dict, message: str) -> None:
+    kwargs = {"image_size": (8, 8), "channels": 1, **settings}
+
+    with pytest.raises(ValueError, match=message):
+        primitive(**kwargs)

@@ -67,3 +67,30 @@ def test_edge_cases_are_taken_from_the_benign_clients_and_given_to_the_attackers
     everything = sorted(i for p in partitions for i in p.tolist())
     assert everything == sorted(i for p in world.partitions for i in p.tolist())
     assert sum(int((labels[p] == 1).sum()) for p in partitions) == int((labels == 1).sum())
+
+
+def test_the_poisoned_share_counts_what_the_attackers_poison_by_hand() -> None:
+    from fedbackdoor.server import build_server, poisoned_samples
+
+    # BadNets without a source label poisons exactly round(ratio * n) of each attacker's n
+    cfg = compose_config(
+        [*SMALL, "attack=badnets", "attack.fraction=0.5", "attack.poison_ratio=0.3"]
+    )
+    world = prepare_server(cfg)
+    setup = build_server(cfg, world)
+    sizes = [len(setup.partitions[p]) for p in sorted(setup.malicious_set)]
+
+    poisoned, total = poisoned_samples(cfg, world.data, setup)
+
+    assert len(sizes) == 2
+    assert poisoned == sum(round(0.3 * n) for n in sizes)
+    assert total == sum(len(p) for p in setup.partitions)
+    # a fixed count per attacker, no attackers, and an update-only attack
+    counted = compose_config(
+        [*SMALL, "attack=badnets", "attack.fraction=0.5", "attack.poison_count=7"]
+    )
+    assert poisoned_samples(counted, world.data, build_server(counted, world))[0] == 14
+    clean = compose_config([*SMALL, "attack=badnets", "attack.fraction=0"])
+    assert poisoned_samples(clean, world.data, build_server(clean, world)) == (0, total)
+    update_only = compose_config([*SMALL, "attack=sign_flip", "attack.fraction=0.5"])
+    assert poisoned_samples(update_only, world.data, build_server(update_only, world))[0] == 0

@@ -236,3 +236,39 @@ def test_parallel_runs_on_one_engine_match_fresh_runs(attacked_run: Path, tmp_pa
     pd.testing.assert_frame_equal(fresh, parallel)
     assert read_run_status(tmp_path / "median")["status"] == "complete"
     assert len(pd.read_csv(tmp_path / "median" / "metrics.csv")) == 11
+
+
+def test_a_run_pruned_by_its_callback_keeps_its_rows_and_the_other_run_goes_on(
+    attacked_run: Path, tmp_path: Path
+) -> None:
+    # Prepare: two runs in flight; one is told to stop after round 2 (a search pruned it)
+    attacked = compose_config([*ATTACKED, "backend.parallel_runs=2"])
+    other = compose_config([*ATTACKED, "defense=median", "backend.parallel_runs=2"])
+    seen: list[tuple[int, float]] = []
+
+    def on_round(round_: int, evaluation: dict[str, float]) -> bool:
+        seen.append((round_, evaluation["main_acc"]))
+        return round_ >= 2
+
+    engine = Engine(attacked)
+
+    # Execute
+    try:
+        pruned = engine.submit(attacked, tmp_path / "pruned", label="[p]", on_round=on_round)
+        whole = engine.submit(other, tmp_path / "whole", label="[w]")
+        engine.wait(pruned)
+        engine.wait(whole)
+    finally:
+        engine.close()
+
+    # Assert: rounds 0-2 exactly as the fresh run's, then nothing; the run says it was pruned
+    fresh = pd.read_csv(attacked_run / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
+    rows = pd.read_csv(tmp_path / "pruned" / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
+    pd.testing.assert_frame_equal(rows, fresh.iloc[:3])
+    assert [r for r, _ in seen] == [1, 2]
+    assert seen[-1][1] == pytest.approx(float(fresh["main_acc"].iloc[2]))
+    status = read_run_status(tmp_path / "pruned")
+    assert status is not None and status["status"] == "pruned" and status["pruned_round"] == 2
+    assert not (tmp_path / "pruned" / "model.pt").exists()
+    assert read_run_status(tmp_path / "whole")["status"] == "complete"
+    assert len(pd.read_csv(tmp_path / "whole" / "metrics.csv")) == 11
