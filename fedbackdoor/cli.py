@@ -20,7 +20,8 @@ from omegaconf import DictConfig
 
 from fedbackdoor.config import CONF_DIR, ConfigError, normalize_overrides, validate
 from fedbackdoor.run_files import is_complete
-from fedbackdoor.stopping import STOP
+from fedbackdoor.run_guard import RunLock, RunLocked, other_settings
+from fedbackdoor.stopping import STOP, mark_stopped
 
 USAGE = """usage: fedbackdoor run [HYDRA_OVERRIDES ...]   run one simulation (-m: a sweep)
        fedbackdoor run --help                    Hydra's help: config groups and options
@@ -50,33 +51,59 @@ def _run_job(cfg: DictConfig) -> None:
         validate(cfg)
     except ConfigError as exc:
         print(f"fedbackdoor: invalid config: {exc}", file=sys.stderr)
-        if sweep:  # one bad point of a grid must not stop the others
+        if sweep:  # one bad point of a grid must not stop the others; main() exits 1
+            _skipped.append(f"{run_dir}: invalid config")
             return
         raise SystemExit(2) from None
-    if sweep:
-        if is_complete(run_dir, cfg):
-            print(f"fedbackdoor: {run_dir} is complete, skipped", flush=True)
+    held = other_settings(run_dir, cfg)
+    if held is not None:  # never over another run's results
+        print(
+            f"fedbackdoor: {run_dir} holds a run of other settings (status {held}); it is not "
+            "overwritten: give another hydra.run.dir (hydra.sweep.dir for a sweep)",
+            file=sys.stderr,
+        )
+        if sweep:
+            _skipped.append(f"{run_dir}: holds a run of other settings")
             return
+        raise SystemExit(2)
+    try:
+        lock = RunLock(run_dir)
+    except RunLocked as exc:  # another process runs this folder: never twice at once
+        print(f"fedbackdoor: {exc}", file=sys.stderr)
+        if sweep:
+            _skipped.append(str(exc))
+            return
+        raise SystemExit(1) from None
+    if sweep and is_complete(run_dir, cfg):
+        lock.release()
+        print(f"fedbackdoor: {run_dir} is complete, skipped", flush=True)
+        return
     # flwr and Ray only for a valid config
     from fedbackdoor.fl.simulation import run_simulation, shared_engine
 
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")}
     meta = {"choices": dict(choices), "overrides": list(hydra_cfg.overrides.task)}
+    queued = False
     try:
         if sweep:  # runs of a sweep share one simulation engine (Ray and warm actors)
             engine = shared_engine(cfg)
             if engine.parallel > 1:  # queued: main() waits for them after the launcher
                 label = f"[{hydra_cfg.job.num}]"
-                _pending.append((engine, engine.submit(cfg, run_dir, meta, label=label)))
+                _pending.append((engine, engine.submit(cfg, run_dir, meta, label=label), lock))
+                queued = True
                 return
             engine.run(cfg, run_dir, meta)
         else:
             run_simulation(cfg, run_dir, meta)
-    except FileNotFoundError as exc:  # a dataset that is nowhere: say where we looked
+    except (FileNotFoundError, ConnectionError, TimeoutError) as exc:  # one line: a dataset
+        # that is nowhere (where we looked), a Ray address that does not answer, nodes that
+        # never came
         print(f"fedbackdoor: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     finally:
-        _draw(run_dir)
+        if not queued:
+            lock.release()
+            _draw(run_dir)
     if not sweep:
         print(run_dir.resolve(), flush=True)
 
@@ -90,7 +117,8 @@ class SweepDirCallback(Callback):
 
 
 _sweep_dirs: list[Path] = []
-_pending: list[tuple[Any, Any]] = []  # (Engine, job) of runs queued with parallel_runs > 1
+_pending: list[tuple[Any, Any, RunLock]] = []  # (Engine, job, lock): runs queued in parallel
+_skipped: list[str] = []  # sweep points not run: invalid, another run's folder, locked
 
 
 def _draw(run_dir: Path) -> None:
@@ -108,13 +136,14 @@ def _wait_pending() -> None:
     """Wait for the runs a parallel sweep queued; name each that failed; exit 1 if any did."""
     failed = 0
     while _pending:
-        engine, job = _pending.pop(0)
+        engine, job, lock = _pending.pop(0)
         try:
             engine.wait(job)
         except Exception as exc:  # one failed run must not hide the others' results
             failed += 1
             print(f"fedbackdoor: run {job.run_dir} failed: {exc!r}", file=sys.stderr)
         finally:
+            lock.release()
             _draw(job.run_dir)
     if failed:
         raise SystemExit(1)
@@ -132,7 +161,13 @@ def _close_engine(wait: bool) -> None:
         close_shared_engine(wait=wait)
 
 
-def _interrupted() -> None:
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (a scheduler, ``kill``): as Ctrl-C, with the shell's exit code for it."""
+    del frame
+    _interrupted(code=128 + signum, why="terminated")
+
+
+def _interrupted(code: int = 130, why: str = "interrupted") -> None:
     """Ctrl-C: stop now, not after the run in progress (which could take minutes).
 
     Runs in progress are told to stop (:data:`fedbackdoor.stopping.STOP`: their
@@ -143,16 +178,17 @@ def _interrupted() -> None:
     by signals instead (:func:`_stop_local_ray`).
     """
     print(
-        "fedbackdoor: interrupted; runs in progress are left unfinished (run the same command "
-        "again to resume a sweep)",
+        f"fedbackdoor: {why}; runs in progress are left unfinished, marked stopped (run the "
+        "same command again to resume a sweep)",
         file=sys.stderr,
         flush=True,
     )
     STOP.set()
+    mark_stopped()
     _stop_local_ray()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(130)
+    os._exit(code)
 
 
 def _stop_local_ray() -> None:
@@ -222,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fedbackdoor: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
     sys.argv = [f"{Path(sys.argv[0]).name} run", *normalize_overrides(rest)]
+    signal.signal(signal.SIGTERM, _terminated)  # as Ctrl-C: stop now, runs left resumable
     try:
         _hydra_main()
         _wait_pending()
@@ -233,3 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     _close_engine(wait=True)
     if _sweep_dirs:  # a multirun: its directory last, as for a single run
         print(_sweep_dirs[-1], flush=True)
+    if _skipped:  # the points that did not run, said again at the end; not a success
+        print(f"fedbackdoor: {len(_skipped)} sweep point(s) not run:", file=sys.stderr)
+        for line in _skipped:
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(1)

@@ -30,6 +30,8 @@ from __future__ import annotations
 import copy
 import multiprocessing as mp
 import os
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -151,19 +153,35 @@ def joined_ray_overhead(cfg, steady: float) -> tuple[float, float, dict[str, flo
     """Start-up + shutdown of the same simulation joining a Ray head started beforehand."""
     ray_cli = str(Path(sys.executable).with_name("ray"))
     cores = str(int(cfg.backend.num_cpus or os.cpu_count() or 1))
+    # A head of our own (its own port and temp dir), stopped by ending its processes only:
+    # `ray stop` would stop every Ray this user runs on the machine, other jobs' included.
+    temp_dir = tempfile.mkdtemp(prefix="ray-bench-")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     subprocess.run(
         [ray_cli, "start", "--head", "--num-cpus", cores, "--include-dashboard=false",
-         "--disable-usage-stats"],
+         "--disable-usage-stats", "--port", str(port), "--temp-dir", temp_dir],
         check=True, capture_output=True,
     )  # fmt: skip
     try:
         joined = copy.deepcopy(cfg)
-        joined.backend.address = "auto"
+        joined.backend.address = f"127.0.0.1:{port}"
         joined.backend.num_cpus = None
         rounds, wall, marks = flower_rounds(joined)
         return wall - steady * (len(rounds) - 1), wall, marks
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True)
+        _stop_own_ray(temp_dir)
+
+
+def _stop_own_ray(temp_dir: str) -> None:
+    """SIGTERM the processes whose command line names ``temp_dir`` (the head we started)."""
+    for entry in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if temp_dir.encode() in entry.read_bytes():
+                os.kill(int(entry.parent.name), signal.SIGTERM)
+        except (OSError, ValueError):
+            continue
 
 
 def main(argv: list[str]) -> None:

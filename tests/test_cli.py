@@ -153,8 +153,9 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_runs(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_stops_a_sweep_at_once_leaving_the_run_in_progress_unfinished(
-    tmp_path: Path, data_cache: str
+    sig: signal.Signals, code: int, tmp_path: Path, data_cache: str
 ) -> None:
     # Prepare: runs long enough that waiting for the one in progress would end it complete
     sweep = tmp_path / "sweep"
@@ -186,15 +187,15 @@ def test_ctrl_c_stops_a_sweep_at_once_leaving_the_run_in_progress_unfinished(
         time.sleep(0.2)
     assert metrics.exists(), "the first run never started its rounds"
 
-    # Execute: Ctrl-C
-    process.send_signal(signal.SIGINT)
+    # Execute: Ctrl-C, or SIGTERM as a scheduler sends it
+    process.send_signal(sig)
     _, stderr = process.communicate(timeout=120)
 
-    # Assert: exit 130 with one line saying so; the run in progress is left "running" with
-    # the rows it had written, and the next run never started
-    assert process.returncode == 130, stderr[-2000:]
-    assert "fedbackdoor: interrupted" in stderr
-    assert json.loads((sweep / "0" / "run.json").read_text())["status"] == "running"
+    # Assert: exit 130 (143) with one line saying so; the run in progress is marked "stopped"
+    # with the rows it had written, and the next run never started
+    assert process.returncode == code, stderr[-2000:]
+    assert "interrupted" in stderr if sig == signal.SIGINT else "terminated" in stderr
+    assert json.loads((sweep / "0" / "run.json").read_text())["status"] == "stopped"
     assert 3 <= len(pd.read_csv(metrics)) < 61  # rounds 0-2 at least, not all 60
     assert not (sweep / "1" / "run.json").exists()
 
@@ -227,3 +228,75 @@ def test_is_complete_compares_settings_not_text(tmp_path: Path) -> None:
     # (or on a Ray cluster) keeps the runs it finished with one.
     assert is_complete(tmp_path, compose_config([*TINY, "backend.parallel_runs=2"]))
     assert is_complete(tmp_path, compose_config([*TINY, "backend.address=auto"]))
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_single_run_at_once(tmp_path: Path, data_cache: str) -> None:
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fedbackdoor", "run", *TINY, "num_rounds=200",
+         f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    metrics = run_dir / "metrics.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (
+        not metrics.exists() or len(metrics.read_text().splitlines()) < 4
+    ):
+        time.sleep(0.2)
+
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130, stderr[-2000:]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped"
+    assert 3 <= len(pd.read_csv(metrics)) < 201
+
+
+def _fake_run(run_dir: Path, overrides: list[str], status: str = "complete") -> dict[str, str]:
+    """A finished run's files, as `fedbackdoor run` leaves them."""
+    from omegaconf import OmegaConf
+
+    from fedbackdoor.config import compose_config
+
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(compose_config(overrides), resolve=True))
+    (run_dir / "run.json").write_text(json.dumps({"status": status}))
+    (run_dir / "metrics.csv").write_text("round,main_acc,backdoor_acc\n0,0.1,0.0\n1,0.5,0.2\n")
+    return {p.name: p.read_text() for p in run_dir.iterdir()}
+
+
+@pytest.mark.parametrize("status", ["complete", "running"])
+def test_a_run_of_other_settings_is_never_overwritten(tmp_path: Path, status: str) -> None:
+    run_dir = tmp_path / "run"
+    before = _fake_run(run_dir, [*TINY, "seed=1"], status)
+
+    result = fedbackdoor("run", *TINY, "seed=2", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert f"{run_dir} holds a run of other settings (status {status})" in result.stderr
+    after = {p.name: p.read_text() for p in run_dir.iterdir() if p.name != "cli.log"}
+    assert after == before  # (Hydra's own log file, cli.log, is appended to: not results)
+
+
+def test_a_run_folder_another_process_runs_is_left_to_it(tmp_path: Path) -> None:
+    from fedbackdoor.run_guard import RunLock
+
+    run_dir = tmp_path / "run"
+    with RunLock(run_dir):
+        result = fedbackdoor("run", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert f"{run_dir} is being run by another process (pid {os.getpid()})" in result.stderr
+    assert not (run_dir / "metrics.csv").exists()
+
+
+def test_a_sweep_whose_points_are_all_invalid_fails(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+
+    result = fedbackdoor("run", "-m", *TINY, "seed=-1,-2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert result.stderr.count("invalid config: seed=") == 2
+    assert "2 sweep point(s) not run" in result.stderr

@@ -40,7 +40,7 @@ from fedbackdoor.privacy import PrivacyLedger
 from fedbackdoor.run_files import RunRecorder
 from fedbackdoor.seeding import make_generator
 from fedbackdoor.server import ServerWorld, build_server, poisoned_samples, prepare_server
-from fedbackdoor.stopping import STOP, Interrupted, Pruned
+from fedbackdoor.stopping import STOP, Interrupted, Pruned, in_progress
 
 
 class WarmUp:
@@ -173,20 +173,27 @@ def run_server(
 
     initial = to_record(model.state_dict())
     try:
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=int(cfg.num_rounds),
-            evaluate_fn=evaluate_fn,
-        )
-        if STOP.is_set():  # rounds may have run while Ray was stopping: not a complete run
-            raise Interrupted(f"{run_dir}: interrupted")
-        recorder.finish(to_state_dict(result.arrays or initial))
+        with in_progress(run_dir):
+            result = strategy.start(
+                grid=grid,
+                initial_arrays=initial,
+                num_rounds=int(cfg.num_rounds),
+                evaluate_fn=evaluate_fn,
+            )
+            if STOP.is_set():  # rounds may have run while Ray was stopping: not a complete run
+                raise Interrupted(f"{run_dir}: interrupted")
+            recorder.finish(to_state_dict(result.arrays or initial))
     except Pruned:
         if not pruned:  # raised by something else than this run's on_round
             raise
         recorder.note(status="pruned", pruned_round=pruned[-1])
         recorder.say(f"pruned after round {pruned[-1]}")
+    except Interrupted:
+        recorder.note(status="stopped")
+        raise
+    except Exception as exc:  # the run's own failure: said in run.json, then raised
+        recorder.note(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
     finally:
         recorder.close()
     return recorder.writer.path

@@ -23,6 +23,7 @@ import atexit
 import logging
 import os
 import queue
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -82,8 +83,26 @@ def init_ray(cfg: DictConfig) -> None:
         if cfg.backend.get("num_cpus") is not None:
             kwargs["num_cpus"] = int(cfg.backend.num_cpus)
     else:
+        check_reachable(str(address))
         kwargs["address"] = str(address)
     ray.init(**kwargs)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, naming ``backend.address``, when nothing answers at a ``host:port``
+    (or ``ray://host:port``) address; ``ray.init`` would retry for minutes without a word.
+    ``auto`` (the Ray started on this machine) is left to Ray."""
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ConnectionError(
+            f"backend.address={address}: nothing answers at {host}:{port} ({exc})"
+        ) from None
 
 
 def engine_key(cfg: DictConfig) -> tuple[object, ...]:

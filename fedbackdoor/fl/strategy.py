@@ -274,12 +274,29 @@ def _reports(
     return sorted(reports, key=lambda r: r.client)
 
 
-def wait_for_nodes(grid: Grid, needed: int, poll: float = 0.05) -> list[int]:
-    """All connected node ids (sorted), once at least ``needed`` are connected."""
-    last_log = -math.inf
+#: Seconds to wait for ``backend.min_nodes`` nodes before a run gives up.
+NODE_TIMEOUT = 600.0
+
+
+def wait_for_nodes(
+    grid: Grid, needed: int, poll: float = 0.05, timeout: float = NODE_TIMEOUT
+) -> list[int]:
+    """All connected node ids (sorted), once at least ``needed`` are connected.
+
+    Says on the terminal every 10 s how many are there (Flower's own log is quiet by default);
+    raises :class:`TimeoutError` naming both numbers after ``timeout`` seconds, so a
+    ``backend.min_nodes`` the federation never reaches ends the run instead of hanging it.
+    """
+    started = last_log = time.monotonic()
     while len(nodes := sorted(grid.get_node_ids())) < needed:
-        if time.monotonic() - last_log > 10.0:
-            log(INFO, "waiting for nodes: %d connected, %d needed", len(nodes), needed)
-            last_log = time.monotonic()
+        now = time.monotonic()
+        if now - started > timeout:
+            raise TimeoutError(
+                f"backend.min_nodes={needed}: only {len(nodes)} node(s) connected after "
+                f"{timeout:.0f} s"
+            )
+        if now - last_log > 10.0:
+            print(f"waiting for nodes: {len(nodes)} connected, {needed} needed", flush=True)
+            last_log = now
         time.sleep(poll)
     return nodes

@@ -272,3 +272,22 @@ def test_a_run_pruned_by_its_callback_keeps_its_rows_and_the_other_run_goes_on(
     assert not (tmp_path / "pruned" / "model.pt").exists()
     assert read_run_status(tmp_path / "whole")["status"] == "complete"
     assert len(pd.read_csv(tmp_path / "whole" / "metrics.csv")) == 11
+
+
+def test_an_address_where_nothing_answers_fails_in_seconds_naming_it() -> None:
+    import socket
+
+    from fedbackdoor.fl.simulation import check_reachable
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(
+        ConnectionError, match=rf"backend.address=127.0.0.1:{port}: nothing answers"
+    ):
+        check_reachable(f"127.0.0.1:{port}", timeout=2.0)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        check_reachable(f"ray://127.0.0.1:{listening.getsockname()[1]}")  # answers: no error
+    check_reachable("auto")  # Ray's own lookup: not ours to check

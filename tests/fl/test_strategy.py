@@ -260,3 +260,15 @@ def test_the_rule_gets_the_rounds_context_with_the_clients_in_row_order() -> Non
     # Assert
     assert seen[0].round == 1 and seen[0].clients == (0, 1, 2)
     assert torch.equal(seen[0].global_params, torch.tensor([1.0, 2.0, 0.5]))
+
+
+def test_waiting_for_nodes_that_never_come_ends_with_a_message() -> None:
+    from fedbackdoor.fl.strategy import wait_for_nodes
+
+    class OneNode:
+        def get_node_ids(self) -> list[int]:
+            return [7]
+
+    with pytest.raises(TimeoutError, match=r"backend.min_nodes=3: only 1 node\(s\) connected"):
+        wait_for_nodes(OneNode(), 3, poll=0.01, timeout=0.05)  # type: ignore[arg-type]
+    assert wait_for_nodes(OneNode(), 1, timeout=0.0) == [7]  # type: ignore[arg-type]
