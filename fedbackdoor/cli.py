@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +259,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fedbackdoor: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
     sys.argv = [f"{Path(sys.argv[0]).name} run", *normalize_overrides(rest)]
-    signal.signal(signal.SIGTERM, _terminated)  # as Ctrl-C: stop now, runs left resumable
+    _skipped.clear()  # main() may be called again in one process (simulations/_study.py)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)  # as Ctrl-C: stop now, runs left resumable
     try:
         _hydra_main()
         _wait_pending()
