@@ -113,8 +113,8 @@ KEY_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "momentum": _number_from(0),
     "weight_decay": _number_from(0),
     "seed": _int_at_least(0),
-    "device": (
-        lambda v: isinstance(v, str) and (v in ("cpu", "cuda", "auto") or v.startswith("cuda:")),
+    "device": (  # what fedbackdoor.models.resolve_device takes
+        lambda v: isinstance(v, str) and re.fullmatch(r"cpu|auto|cuda(:\d+)?", v) is not None,
         "one of cpu, cuda, cuda:N, auto",
     ),
     "attack.fraction": _share(),
@@ -136,6 +136,7 @@ KEY_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "posttrain.server_size": _int_at_least(1),
     "backend.client_resources.num_cpus": _number_above(0),
     "backend.client_resources.num_gpus": _number_from(0),
+    "backend.num_cpus": _optional(_int_at_least(1)),
     "backend.parallel_runs": _int_at_least(1),
 }
 
@@ -147,15 +148,18 @@ def _require(ok: bool, message: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the first bad key of ``cfg``: the config's own keys
-    (:data:`KEY_RULES`), the rules between keys, then every component built once on a tiny
-    input (the attack window, the round's sampling, the trigger, the poisoning, the update
-    attack, the training-time attack, the defense), each checking its own settings."""
+    (:data:`KEY_RULES`), the rules between keys, what the run needs of this machine (the
+    device, a local Ray instance's cores and GPUs, a given data folder), then every component
+    built once on a tiny input (the attack window, the round's sampling, the trigger, the
+    poisoning, the update attack, the training-time attack, the defense), each checking its
+    own settings."""
     for key, (check, requirement) in KEY_RULES.items():
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is _ABSENT:
             continue
         _require(check(value), f"{key}={value!r} must be {requirement}")
     _check_cross_keys(cfg)
+    _check_machine(cfg)
     _check_components(cfg)
 
 
@@ -210,6 +214,58 @@ def _check_cross_keys(cfg: DictConfig) -> None:
         )
 
 
+def _check_machine(cfg: DictConfig) -> None:
+    """What the run needs of this machine, which would otherwise fail only once Ray runs: a
+    CUDA ``device`` that exists, client resources a local Ray instance (``backend.address``
+    null) can ever grant (a joined cluster's cores and GPUs are not known here), and a given
+    ``dataset.data_dir`` that exists."""
+    import torch  # noqa: PLC0415 (heavy imports: only when validating)
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = str(cfg.device)
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        _require(
+            index < gpus,
+            f"device={device!r} but "
+            + (
+                "no CUDA device is visible on this machine (torch.cuda.is_available() is "
+                "False); use device=cpu or auto"
+                if gpus == 0
+                else f"only {gpus} CUDA device(s) are visible on this machine (cuda:0 to "
+                f"cuda:{gpus - 1})"
+            ),
+        )
+    backend = cfg.get("backend")
+    if isinstance(backend, DictConfig) and backend.get("address") is None:
+        resources = backend.client_resources
+        given = backend.get("num_cpus")
+        cores = given if given is not None else os.cpu_count()
+        _require(
+            cores is None or resources.num_cpus <= cores,
+            f"backend.client_resources.num_cpus={resources.num_cpus} is more than the cores "
+            "of the local Ray instance ("
+            + (f"backend.num_cpus={given}" if given is not None else f"os.cpu_count()={cores}")
+            + "): no client could ever be scheduled",
+        )
+        _require(
+            resources.num_gpus <= gpus,
+            f"backend.client_resources.num_gpus={resources.num_gpus} but "
+            + (
+                "no CUDA device is visible on this machine for the local Ray instance"
+                if gpus == 0
+                else f"only {gpus} CUDA device(s) are visible on this machine"
+            )
+            + ": no client could ever be scheduled",
+        )
+    data_dir = OmegaConf.select(cfg, "dataset.data_dir")
+    _require(
+        data_dir is None or Path(str(data_dir)).expanduser().is_dir(),
+        f"dataset.data_dir={data_dir!r} is not a folder on this machine (give the folder "
+        "holding the dataset, or null to search the usual places)",
+    )
+
+
 def _last_line(exc: BaseException) -> str:
     """The reason a component gave, as one line: the innermost cause (Hydra wraps a target's
     own error in one that ends with the config path)."""
@@ -234,7 +290,9 @@ def _user_key(cfg: DictConfig, nodes: Sequence[str], message: str) -> str | None
             raw = node._get_node(name)._value()  # type: ignore[union-attr]
             found = re.fullmatch(r"\$\{([\w.]+)\}", raw) if isinstance(raw, str) else None
             key = found.group(1) if found else f"{path}.{name!s}"
-            return f"{key}={OmegaConf.select(cfg, key)!r}"
+            shown = repr(OmegaConf.select(cfg, key))
+            # A long value (a 40x40 trigger pattern) is cut: the reason must stay readable.
+            return f"{key}={shown if len(shown) <= 80 else shown[:76] + ' ...'}"
     return None
 
 

@@ -6,6 +6,8 @@ and round (:func:`gather_runs`), and as one row per run (:func:`summarize`).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import numbers
@@ -162,7 +164,7 @@ def _read_run(run: Path, name: str) -> _Run | str:
     if not isinstance(config, Mapping):
         return "config.yaml holds no mapping"
     try:
-        metrics = pd.read_csv(run / "metrics.csv")
+        metrics, cut = _read_metrics(run / "metrics.csv")
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         return f"unreadable metrics.csv ({type(exc).__name__})"
     if "round" not in metrics.columns:
@@ -172,13 +174,46 @@ def _read_run(run: Path, name: str) -> _Run | str:
     rounds = pd.to_numeric(metrics["round"], errors="coerce")
     if rounds.isna().any():
         return "metrics.csv has a non-numeric round"
+    for column in metrics.columns:  # every column is a number (blank: not measured)
+        values = pd.to_numeric(metrics[column], errors="coerce")
+        bad = values.isna() & metrics[column].notna()
+        if bad.any():
+            first = bad.idxmax()
+            return (
+                f"metrics.csv column {column!r} holds a non-number "
+                f"({metrics.at[first, column]!r} in round {rounds[first]:g})"
+            )
+        metrics[column] = values
+    if cut is not None:  # a row cut short: the run was stopped while writing it
+        warnings.warn(
+            f"{run / 'metrics.csv'}: dropped its last row, cut short ({cut}); "
+            "the run counts as incomplete",
+            SkippedRunWarning,
+            stacklevel=3,
+        )
     metrics = metrics.assign(round=rounds.astype(int)).sort_values("round", kind="stable")
     info = read_run_status(run) or {}
     for constant in RUN_CONSTANTS:  # numbers the run computed once, in every row of its own
         value = info.get(constant)
         metrics[constant] = float(value) if isinstance(value, int | float) else math.nan
-    complete = info.get("status") == "complete"
+    complete = info.get("status") == "complete" and cut is None
     return _Run(name, metrics.reset_index(drop=True), _flatten(config), _choices(info), complete)
+
+
+def _read_metrics(path: Path) -> tuple[pd.DataFrame, str | None]:
+    """A run's ``metrics.csv`` without a last row that has fewer fields than the header (the
+    file of a run stopped while writing it: pandas would fill the missing cells with NaN),
+    and what that row lacked (None if there was none)."""
+    lines = path.read_text().splitlines()
+    while lines and not lines[-1].strip():  # blank lines at the end are no row
+        lines.pop()
+    cut = None
+    if len(lines) > 1:
+        header, last = (next(csv.reader([line])) for line in (lines[0], lines[-1]))
+        if len(last) < len(header):
+            cut = f"{len(last)} of {len(header)} fields"
+            lines.pop()
+    return pd.read_csv(io.StringIO("\n".join(lines) + "\n")), cut
 
 
 _MISSING = object()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,160 @@ def test_an_update_given_as_a_string_is_refused_with_the_fix() -> None:
 def test_an_unknown_update_option_fails_at_composition() -> None:
     with pytest.raises(ConfigCompositionException):
         compose_config(["attack.update=nonexistent"])
+
+
+# --- what the run needs of this machine, checked before Ray starts -------------------------------
+
+
+def _gpus(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """Make this machine show ``count`` CUDA devices to torch (0: none)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:1"])
+def test_a_cuda_device_without_a_visible_gpu_stops_at_start(
+    monkeypatch: pytest.MonkeyPatch, device: str
+) -> None:
+    _gpus(monkeypatch, 0)
+
+    with pytest.raises(ConfigError) as info:
+        validate(compose_config([f"device={device}"]))
+
+    assert str(info.value) == (
+        f"device='{device}' but no CUDA device is visible on this machine "
+        "(torch.cuda.is_available() is False); use device=cpu or auto"
+    )
+    validate(compose_config(["device=auto"]))  # auto falls back to the CPU
+    validate(compose_config(["device=cpu"]))
+
+
+def test_a_visible_gpu_allows_cuda_up_to_its_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    _gpus(monkeypatch, 1)
+
+    validate(compose_config(["device=cuda"]))
+    validate(compose_config(["device=cuda:0"]))
+    validate(compose_config(["device=auto"]))
+    with pytest.raises(ConfigError) as info:
+        validate(compose_config(["device=cuda:1"]))
+
+    assert str(info.value) == (
+        "device='cuda:1' but only 1 CUDA device(s) are visible on this machine (cuda:0 to cuda:0)"
+    )
+
+
+@pytest.mark.parametrize("device", ["mps", "gpu", "CPU", "cuda:x", "cuda:", "cuda0"])
+def test_a_device_resolve_device_does_not_know_is_refused_naming_it(device: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate(compose_config([f"device={device}"]))
+
+    assert str(info.value) == f"device='{device}' must be one of cpu, cuda, cuda:N, auto"
+
+
+def test_client_cores_beyond_a_local_ray_instance_stop_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+
+    validate(compose_config(["backend.client_resources.num_cpus=4"]))
+    with pytest.raises(ConfigError) as machine:
+        validate(compose_config(["backend.client_resources.num_cpus=100"]))
+    with pytest.raises(ConfigError) as given:
+        validate(compose_config(["backend.num_cpus=2", "backend.client_resources.num_cpus=3"]))
+
+    assert str(machine.value) == (
+        "backend.client_resources.num_cpus=100 is more than the cores of the local Ray "
+        "instance (os.cpu_count()=4): no client could ever be scheduled"
+    )
+    assert str(given.value) == (
+        "backend.client_resources.num_cpus=3 is more than the cores of the local Ray "
+        "instance (backend.num_cpus=2): no client could ever be scheduled"
+    )
+    # A joined cluster's cores are not known here: Ray decides.
+    validate(compose_config(["backend.address=auto", "backend.client_resources.num_cpus=100"]))
+
+
+def test_client_gpus_need_cuda_devices_visible_to_a_local_ray_instance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _gpus(monkeypatch, 0)
+    with pytest.raises(ConfigError) as none:
+        validate(compose_config(["backend.client_resources.num_gpus=0.25"]))
+    validate(compose_config(["backend.address=auto", "backend.client_resources.num_gpus=0.25"]))
+    _gpus(monkeypatch, 1)
+    validate(compose_config(["backend.client_resources.num_gpus=0.25"]))
+    with pytest.raises(ConfigError) as too_many:
+        validate(compose_config(["backend.client_resources.num_gpus=2"]))
+
+    assert str(none.value) == (
+        "backend.client_resources.num_gpus=0.25 but no CUDA device is visible on this machine "
+        "for the local Ray instance: no client could ever be scheduled"
+    )
+    assert str(too_many.value) == (
+        "backend.client_resources.num_gpus=2 but only 1 CUDA device(s) are visible on this "
+        "machine: no client could ever be scheduled"
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("backend.client_resources.num_cpus=-2", "must be a number > 0"),
+        ("backend.client_resources.num_gpus=-1", "must be a number >= 0"),
+        ("backend.num_cpus=0", "must be null or an integer >= 1"),
+        ("backend.num_cpus=-3", "must be null or an integer >= 1"),
+        ("backend.num_cpus=1.5", "must be null or an integer >= 1"),
+    ],
+)
+def test_negative_ray_resources_are_refused_naming_them(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate(compose_config([override]))
+
+    assert str(info.value) == f"{override} {message}"
+
+
+BIG_PATTERN = [[1] * 40] * 40
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        (
+            "[[2,0],[0,1]]",
+            "attack.trigger.pattern=[[2, 0], [0, 1]]: pattern values must be in [0, 1] or "
+            "null, got 2",
+        ),
+        (
+            "[[1,0],[0]]",
+            "attack.trigger.pattern=[[1, 0], [0]]: pattern must be a non-empty rectangular "
+            "grid, got [[1, 0], [0]]",
+        ),
+        (
+            str(BIG_PATTERN).replace(" ", ""),
+            f"attack.trigger.pattern={str(BIG_PATTERN)[:76]} ...: pattern of size (40, 40) is "
+            "larger than the image (28, 28)",
+        ),
+    ],
+)
+def test_a_bad_trigger_pattern_stops_at_start_in_one_short_line(pattern: str, message: str) -> None:
+    cfg = compose_config(
+        ["attack=badnets", "attack/trigger=pattern", f"attack.trigger.pattern={pattern}"]
+    )
+
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+
+    assert str(info.value) == message
+
+
+def test_a_given_data_dir_that_does_not_exist_stops_at_start(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder"
+
+    with pytest.raises(ConfigError) as info:
+        validate(compose_config([f"dataset.data_dir={missing}"]))
+
+    assert str(info.value) == (
+        f"dataset.data_dir='{missing}' is not a folder on this machine (give the folder "
+        "holding the dataset, or null to search the usual places)"
+    )
+    validate(compose_config([f"dataset.data_dir={tmp_path}"]))  # its files: the loader's part

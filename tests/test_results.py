@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -270,3 +271,62 @@ def test_how_the_engine_ran_identifies_no_run(tmp_path: Path) -> None:
     # Assert: no backend column, and the attacked run finds its baseline
     assert not [c for c in summary.columns if c.startswith("backend")]
     assert summary.loc["1", "main_acc_drop"] == pytest.approx(0.1)
+
+
+def test_a_non_number_in_a_metric_column_skips_the_run_naming_file_and_column(
+    tmp_path: Path,
+) -> None:
+    rows = {"main_acc": [0.1, 0.5, 0.6], "backdoor_acc": [0.0, 0.2, 0.3]}
+    write_run(tmp_path / "good", run_config(fraction=0.1, seed=0), rows)
+    bad = write_run(tmp_path / "bad", run_config(fraction=0.1, seed=1), rows)
+    metrics = pd.read_csv(bad / "metrics.csv")
+    metrics["main_acc"] = ["0.1", "0.5", "abc"]
+    metrics.to_csv(bad / "metrics.csv", index=False)
+
+    with pytest.warns(SkippedRunWarning) as caught:
+        table = gather_runs(tmp_path)
+
+    assert [str(w.message) for w in caught if w.category is SkippedRunWarning] == [
+        f"skipped {bad}: metrics.csv column 'main_acc' holds a non-number ('abc' in round 2)"
+    ]
+    assert table["run"].unique().tolist() == ["good"]
+    assert summarize(table)["final_main_acc"].tolist() == [0.6]  # the report goes on
+
+
+def test_a_last_row_cut_short_is_dropped_and_the_run_is_incomplete(tmp_path: Path) -> None:
+    # Prepare: every round written and run.json says complete, but the file was cut while its
+    # last row was written ("3,0.7" of "3,0.7,,0.4,...")
+    rows = {"main_acc": [0.1, 0.5, 0.6, 0.7], "backdoor_acc": [0.0, 0.2, 0.3, 0.4]}
+    run = write_run(tmp_path / "cut", run_config(fraction=0.1, seed=0), rows)
+    text = (run / "metrics.csv").read_text().rstrip("\n")
+    (run / "metrics.csv").write_text(text[: text.rindex("\n") + 6])
+
+    # Execute
+    with pytest.warns(SkippedRunWarning) as caught:
+        table = gather_runs(tmp_path)
+
+    # Assert
+    assert [str(w.message) for w in caught if w.category is SkippedRunWarning] == [
+        f"{run / 'metrics.csv'}: dropped its last row, cut short (2 of {len(COLUMNS)} fields); "
+        "the run counts as incomplete"
+    ]
+    assert table["round"].tolist() == [0, 1, 2]
+    assert table["main_acc"].tolist() == [0.1, 0.5, 0.6]
+    assert table["complete"].tolist() == [False] * 3
+    assert summarize(table)["complete"].tolist() == [False]
+
+
+def test_a_whole_last_row_without_a_newline_is_kept(tmp_path: Path) -> None:
+    rows = {"main_acc": [0.1, 0.5], "backdoor_acc": [0.0, 0.2]}
+    run = write_run(tmp_path / "whole", run_config(fraction=0.1, seed=0), rows)
+    text = (run / "metrics.csv").read_text()
+    (run / "metrics.csv").write_text(text.rstrip("\n"))
+    write_run(tmp_path / "blank", run_config(fraction=0.1, seed=1), rows)
+    (tmp_path / "blank" / "metrics.csv").write_text(text + "\n\n")  # blank lines are no row
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SkippedRunWarning)
+        table = gather_runs(tmp_path)
+
+    assert table["round"].tolist() == [0, 1, 0, 1]
+    assert table["complete"].tolist() == [True] * 4

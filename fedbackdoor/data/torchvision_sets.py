@@ -21,6 +21,7 @@ import functools
 import gzip
 import hashlib
 import importlib
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -74,12 +75,19 @@ class _Source:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     debian_package: bool = False  # raw files may come from DEBIAN_FASHION_MNIST_DIR
+    idx: bool = False  # raw files in MNIST's IDX format (else CIFAR's batches, with MD5s)
 
 
 _FASHION_MNIST = _Source(
-    "fashion_mnist", "FashionMNIST", "FashionMNIST/raw", (0.2860,), (0.3530,), debian_package=True
+    "fashion_mnist",
+    "FashionMNIST",
+    "FashionMNIST/raw",
+    (0.2860,),
+    (0.3530,),
+    debian_package=True,
+    idx=True,
 )
-_MNIST = _Source("mnist", "MNIST", "MNIST/raw", (0.1307,), (0.3081,))
+_MNIST = _Source("mnist", "MNIST", "MNIST/raw", (0.1307,), (0.3081,), idx=True)
 _CIFAR10 = _Source(
     "cifar10", "CIFAR10", "cifar-10-batches-py", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 )
@@ -87,6 +95,12 @@ _CIFAR10 = _Source(
 # What a failed attempt to read a torchvision root can raise: RuntimeError ("Dataset not found",
 # bad checksum, failed download), OSError (I/O, URLError, bad gzip), EOFError (truncated gzip).
 _LOAD_ERRORS = (RuntimeError, OSError, EOFError)
+
+# What torchvision's parsers raise on a damaged raw file (an empty or cut IDX file).
+_PARSE_ERRORS = (AssertionError, ValueError, TypeError, KeyError, IndexError)
+
+#: The (Fashion-)MNIST raw files torchvision reads, in the IDX format.
+_IDX_FILES = tuple(f.removesuffix(".gz") for f in DEBIAN_FASHION_MNIST_FILES)
 
 
 def fashion_mnist(
@@ -102,7 +116,9 @@ def fashion_mnist(
     The raw files are looked for, in order:
 
     1. in ``data_dir`` (a torchvision root, e.g. ``<data_dir>/FashionMNIST/raw/...``), or in
-       ``$FEDBACKDOOR_DATA_DIR`` when ``data_dir`` is None;
+       ``$FEDBACKDOOR_DATA_DIR`` when ``data_dir`` is None; a ``data_dir`` given here whose
+       raw folder holds files is the only place tried: if they cannot be read, that is an
+       error naming the file, never a silent switch to another copy;
     2. in :data:`DEBIAN_FASHION_MNIST_DIR` (Debian package ``dataset-fashion-mnist``): the
        gzipped IDX files are decompressed once, atomically, into the cache dir
        (:func:`default_cache_dir`), which then serves as the root;
@@ -131,7 +147,9 @@ def fashion_mnist(
     Raises
     ------
     FileNotFoundError
-        If every place failed; the message lists each place tried and why it failed.
+        If every place failed; the message lists each place tried and why it failed. Or, in
+        one line naming the file, if the raw files in a given ``data_dir`` are missing, cut
+        short or corrupt.
     ValueError
         If a stated fact disagrees with the loaded data; the message names it.
     """
@@ -191,27 +209,44 @@ def clear_cache() -> None:
 
 def _load(source: _Source, data_dir: str | os.PathLike[str] | None, name: str) -> ImageData:
     """``source``'s data, every lookup location resolved (the cache key), named ``name``."""
+    given = data_dir is not None
     if data_dir is None:
         data_dir = os.environ.get(DATA_DIR_ENV) or None
     root = None if data_dir is None else str(Path(data_dir).expanduser())
     debian_dir = str(DEBIAN_FASHION_MNIST_DIR) if source.debian_package else None
-    data = _load_torchvision(source, root, str(default_cache_dir()), debian_dir)
+    data = _load_torchvision(source, root, str(default_cache_dir()), debian_dir, given=given)
     # Another name shares the tensors: a new container, not a copy.
     return data if name == data.name else dataclasses.replace(data, name=name)
 
 
 @functools.lru_cache(maxsize=4)
 def _load_torchvision(
-    source: _Source, data_dir: str | None, cache_dir: str, debian_dir: str | None
+    source: _Source,
+    data_dir: str | None,
+    cache_dir: str,
+    debian_dir: str | None,
+    *,
+    given: bool = False,
 ) -> ImageData:
-    """The lookup order of :func:`fashion_mnist`, with every location resolved."""
+    """The lookup order of :func:`fashion_mnist`, with every location resolved; ``given``:
+    ``data_dir`` was passed (not taken from the environment)."""
     tried: list[str] = []
     last_error: BaseException | None = None
 
     if data_dir is not None:
         try:
             return _read_torchvision(source, Path(data_dir), Path(cache_dir), download=False)
-        except _LOAD_ERRORS as err:
+        except (*_LOAD_ERRORS, *_PARSE_ERRORS) as err:
+            raw = Path(data_dir) / source.raw_folder
+            if given and raw.is_dir() and any(p.is_file() for p in raw.rglob("*")):
+                # The user's own copy: loading another one instead would leave a config that
+                # names files the run never read.
+                raise FileNotFoundError(
+                    f"Could not load dataset {source.name!r} from data_dir {data_dir}: "
+                    f"{_unreadable(source, raw, err)}"
+                ) from err
+            if not isinstance(err, _LOAD_ERRORS):
+                raise
             last_error = err
             tried.append(f"data_dir {data_dir}: {type(err).__name__}: {err}")
     else:
@@ -290,6 +325,51 @@ def _read_torchvision(source: _Source, root: Path, cache_dir: Path, *, download:
         except OSError:  # a read-only cache only costs speed
             pass
     return _image_data(source, arrays)
+
+
+def _unreadable(source: _Source, raw: Path, err: BaseException) -> str:
+    """Why torchvision could not read ``source``'s raw files in ``raw``, as one line: the
+    first file that is missing, cut short or corrupt, else torchvision's own ``err``."""
+    if source.idx:
+        for name in _IDX_FILES:
+            path = raw / name
+            if not path.is_file():
+                gzipped = path.with_name(f"{name}.gz").is_file()
+                return f"{path} is missing" + (" (gunzip its .gz)" if gzipped else "")
+            problem = _idx_problem(path)
+            if problem is not None:
+                return f"{path} {problem}"
+    else:
+        datasets = importlib.import_module("torchvision.datasets")
+        utils = importlib.import_module("torchvision.datasets.utils")
+        cls = getattr(datasets, source.class_name)
+        for name, md5 in [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]:
+            path = raw / name
+            if not path.is_file():
+                return f"{path} is missing"
+            if not utils.check_integrity(str(path), md5):
+                return f"{path} is cut short or corrupt (its MD5 is not the dataset's {md5})"
+    reason = " ".join(str(err).split()) or "no reason given"
+    return f"torchvision cannot read the files in {raw} ({type(err).__name__}: {reason})"
+
+
+def _idx_problem(path: Path) -> str | None:
+    """What is wrong with the IDX file of bytes at ``path`` (header: two zero bytes, type
+    0x08, the number of dimensions, then each size as 4 big-endian bytes), or None."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        head = file.read(16)
+    if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 3:
+        return f"is not an IDX file of bytes ({size} bytes, header {head[:4].hex() or 'empty'})"
+    header = 4 + 4 * head[3]
+    if size < header:
+        return f"is cut short ({size} bytes, less than its {header}-byte header)"
+    expected = header + math.prod(
+        int.from_bytes(head[i : i + 4], "big") for i in range(4, header, 4)
+    )
+    if size != expected:
+        return f"is cut short or damaged ({size} bytes, its header says {expected})"
+    return None
 
 
 def _image_data(source: _Source, arrays: Mapping[str, Any]) -> ImageData:

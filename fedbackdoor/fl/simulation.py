@@ -23,6 +23,7 @@ import atexit
 import logging
 import os
 import queue
+import signal
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -85,7 +86,13 @@ def init_ray(cfg: DictConfig) -> None:
     else:
         check_reachable(str(address))
         kwargs["address"] = str(address)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
     ray.init(**kwargs)
+    if main and callable(previous):
+        # Ray's core installs its own SIGTERM handler (a crash dump, exit 134): the handler
+        # the process had (the command line's: stop like Ctrl-C) is put back.
+        signal.signal(signal.SIGTERM, previous)
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -318,6 +325,9 @@ def run_simulation(
         world = pool.submit(prepare_server, cfg)
         engine = Engine(cfg)
         try:
-            return engine.run(cfg, run_dir, meta, world.result())
-        finally:
-            engine.close()
+            metrics = engine.run(cfg, run_dir, meta, world.result())
+        except BaseException:  # Ctrl-C, SIGTERM, a failure: do not wait for the rounds left
+            engine.close(wait=False)
+            raise
+        engine.close()
+        return metrics

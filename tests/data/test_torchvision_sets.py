@@ -239,3 +239,96 @@ def test_channels_last_images_become_channels_first() -> None:
     torch.testing.assert_close(
         images[1, 2, 3, 4], torch.tensor(hwc[1, 3, 4, 2] / 255.0, dtype=torch.float32)
     )
+
+
+NOISE = np.random.default_rng(0).bytes(100)
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "problem"),
+    [
+        ("train-images-idx3-ubyte", b"", "is not an IDX file of bytes (0 bytes, header empty)"),
+        (
+            "train-images-idx3-ubyte",
+            NOISE,
+            f"is not an IDX file of bytes (100 bytes, header {NOISE[:4].hex()})",
+        ),
+        ("train-images-idx3-ubyte", 50, "is cut short or damaged (50 bytes, its header says 226)"),
+        ("train-images-idx3-ubyte", 16, "is cut short or damaged (16 bytes, its header says 226)"),
+        ("t10k-labels-idx1-ubyte", 6, "is cut short (6 bytes, less than its 8-byte header)"),
+        ("t10k-labels-idx1-ubyte", None, "is missing"),
+    ],
+)
+def test_damaged_files_in_a_given_data_dir_are_one_error_naming_the_file(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    name: str,
+    damage: bytes | int | None,
+    problem: str,
+) -> None:
+    # Prepare: the user's copy with one file damaged (empty, noise, cut at a byte, gone), and
+    # a Debian copy that would load: it must not be used instead
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    fake_idx_set(raw)
+    fake_idx_set(tmp_path / "debian", compress=True)
+    monkeypatch.setattr(torchvision_sets, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
+    bad = raw / name
+    if damage is None:
+        bad.unlink()
+    else:
+        bad.write_bytes(damage if isinstance(damage, bytes) else bad.read_bytes()[:damage])
+
+    # Execute
+    with pytest.raises(FileNotFoundError) as info:
+        fashion_mnist(tmp_path / "data")
+
+    # Assert
+    assert str(info.value) == (
+        f"Could not load dataset 'fashion_mnist' from data_dir {tmp_path / 'data'}: {bad} {problem}"
+    )
+
+
+def test_gzipped_files_in_a_given_data_dir_are_named_with_the_fix(tmp_path: Path) -> None:
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    fake_idx_set(raw, compress=True)
+
+    with pytest.raises(FileNotFoundError) as info:
+        mnist(tmp_path / "data")
+
+    assert str(info.value) == (
+        f"Could not load dataset 'mnist' from data_dir {tmp_path / 'data'}: "
+        f"{raw / 'train-images-idx3-ubyte'} is missing (gunzip its .gz)"
+    )
+
+
+def test_a_corrupt_cifar10_batch_in_a_given_data_dir_is_named(tmp_path: Path) -> None:
+    raw = tmp_path / "cifar-10-batches-py"
+    raw.mkdir()
+    (raw / "data_batch_1").write_bytes(NOISE)
+    name, md5 = torchvision.datasets.CIFAR10.train_list[0]
+
+    with pytest.raises(FileNotFoundError) as info:
+        cifar10(tmp_path)
+
+    assert str(info.value) == (
+        f"Could not load dataset 'cifar10' from data_dir {tmp_path}: {raw / name} is cut short "
+        f"or corrupt (its MD5 is not the dataset's {md5})"
+    )
+
+
+def test_damaged_files_in_the_env_var_data_dir_still_fall_back(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Only a data_dir passed to the loader is the only place tried; the default search
+    # ($FEDBACKDOOR_DATA_DIR, the Debian package, the cache) stays as it was.
+    raw = tmp_path / "env_data" / "FashionMNIST" / "raw"
+    fake_idx_set(raw)
+    images = raw / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:50])
+    arrays = fake_idx_set(tmp_path / "debian", compress=True, num_train=3)
+    monkeypatch.setattr(torchvision_sets, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "env_data"))
+
+    data = fashion_mnist()
+
+    assert_matches_idx(data, arrays)
