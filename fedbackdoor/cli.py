@@ -75,9 +75,11 @@ def _run_job(cfg: DictConfig) -> None:
             _skipped.append(str(exc))
             return
         raise SystemExit(1) from None
-    if sweep and is_complete(run_dir, cfg):
+    if is_complete(run_dir, cfg):  # the same command again: its results stay as they are
         lock.release()
         print(f"fedbackdoor: {run_dir} is complete, skipped", flush=True)
+        if not sweep:
+            print(run_dir.resolve(), flush=True)
         return
     # flwr and Ray only for a valid config
     from fedbackdoor.fl.simulation import run_simulation, shared_engine

@@ -149,9 +149,7 @@ def write_run_status(run_dir: str | Path, **fields: object) -> Path:
     """Write (or update) ``run_dir/run.json`` atomically: a reader sees the old or the new file,
     never half of one. Fields given here replace those already in the file."""
     path = Path(run_dir) / RUN_FILE
-    current: dict[str, object] = {}
-    if path.exists():
-        current = json.loads(path.read_text())
+    current = read_run_status(run_dir) or {}  # a corrupt file is replaced, not a crash
     current.update(fields)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")

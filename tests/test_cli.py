@@ -254,6 +254,10 @@ def test_ctrl_c_stops_a_single_run_at_once(tmp_path: Path, data_cache: str) -> N
     assert 3 <= len(pd.read_csv(metrics)) < 201
 
 
+#: Files in a run folder that are not its results: Hydra's log (appended to) and the lock.
+NOT_RESULTS = {"cli.log", ".lock"}
+
+
 def _fake_run(run_dir: Path, overrides: list[str], status: str = "complete") -> dict[str, str]:
     """A finished run's files, as `fedbackdoor run` leaves them."""
     from omegaconf import OmegaConf
@@ -276,8 +280,8 @@ def test_a_run_of_other_settings_is_never_overwritten(tmp_path: Path, status: st
 
     assert result.returncode == 2
     assert f"{run_dir} holds a run of other settings (status {status})" in result.stderr
-    after = {p.name: p.read_text() for p in run_dir.iterdir() if p.name != "cli.log"}
-    assert after == before  # (Hydra's own log file, cli.log, is appended to: not results)
+    after = {p.name: p.read_text() for p in run_dir.iterdir() if p.name not in NOT_RESULTS}
+    assert after == before
 
 
 def test_a_run_folder_another_process_runs_is_left_to_it(tmp_path: Path) -> None:
@@ -300,3 +304,16 @@ def test_a_sweep_whose_points_are_all_invalid_fails(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.count("invalid config: seed=") == 2
     assert "2 sweep point(s) not run" in result.stderr
+
+
+def test_a_complete_single_run_is_not_run_again(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    before = _fake_run(run_dir, TINY, "complete")
+
+    result = fedbackdoor("run", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{run_dir} is complete, skipped" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == str(run_dir.resolve())
+    after = {p.name: p.read_text() for p in run_dir.iterdir() if p.name not in NOT_RESULTS}
+    assert after == before  # its rows are not truncated

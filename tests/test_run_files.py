@@ -159,12 +159,6 @@ def test_a_corrupt_run_json_is_no_status_and_never_a_complete_run(
     assert is_complete(tmp_path, cfg) is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(ValueError, AttributeError),
-    reason="write_run_status merges into run.json with json.loads, not read_run_status: a "
-    "corrupt file raises and a rerun of the folder fails (fix outside this change)",
-)
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", "null"])
 def test_write_run_status_replaces_a_corrupt_run_json(tmp_path: Path, text: str) -> None:
     (tmp_path / "run.json").write_text(text)
