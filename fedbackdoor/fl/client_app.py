@@ -3,6 +3,9 @@
 Everything a client needs arrives in the message (the run config as YAML, its partition's
 indices, whether it is malicious), because Ray actors and SuperNodes re-import this module and
 keep no settings of their own. Data and model are cached per process, keyed by the config.
+A received config is checked first (:func:`fedbackdoor.safe_config.checked_config`: only
+allowed ``_target_`` prefixes, no interpolations); one that fails is refused, logged, and
+Flower returns the error to the server as the reply.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from flwr.clientapp import ClientApp
 
 from fedbackdoor.client import ClientSpec, client_update, prepare_client
 from fedbackdoor.fl.arrays import to_record, to_state_dict
+from fedbackdoor.safe_config import checked_config
 
 app = ClientApp()
 
@@ -29,8 +33,10 @@ def train(msg: Message, context: Context) -> Message:
         attacker_index=max(0, int(cfg.get("attacker-index", 0))),  # type: ignore[arg-type]
         num_attackers=int(cfg["num-attackers"]),  # type: ignore[arg-type]
     )
+    cfg_yaml = str(cfg["run-config"])
+    checked_config(cfg_yaml, context.node_config)  # refused before anything is built
     global_state = to_state_dict(msg.content.array_records["arrays"])
-    state, result, report = client_update(str(cfg["run-config"]), global_state, spec)
+    state, result, report = client_update(cfg_yaml, global_state, spec)
     reply = RecordDict(
         {
             "arrays": to_record(state),
@@ -60,6 +66,7 @@ def warm_up(msg: Message, context: Context) -> Message:
     needs them."""
     global _trained_once
     cfg_yaml = str(msg.content.config_records["config"]["run-config"])
+    checked_config(cfg_yaml, context.node_config)  # refused before anything is built
     world = prepare_client(cfg_yaml)
     if not _trained_once:
         spec = ClientSpec(
