@@ -110,6 +110,7 @@ KEY_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "eval_batch_size": _int_at_least(1),
     "lr": _number_above(0),
     "server_lr": _number_above(0),
+    "round_timeout": _optional(_number_above(0)),
     "momentum": _number_from(0),
     "weight_decay": _number_from(0),
     "seed": _int_at_least(0),

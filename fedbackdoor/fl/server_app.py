@@ -178,6 +178,7 @@ def run_server(
                 grid=grid,
                 initial_arrays=initial,
                 num_rounds=int(cfg.num_rounds),
+                timeout=float(cfg.get("round_timeout") or 3600.0),
                 evaluate_fn=evaluate_fn,
             )
             if STOP.is_set():  # rounds may have run while Ray was stopping: not a complete run

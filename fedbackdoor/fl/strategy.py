@@ -195,6 +195,7 @@ class DefenseStrategy(Strategy):
         layout, sampled = self._layout, set(self._sample.partitions)
         rejected: list[str] = []
         entries: list[tuple[int, float, Message]] = []
+        replies = list(replies)
         for msg in replies:
             if msg.has_error():
                 rejected.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
@@ -209,6 +210,16 @@ class DefenseStrategy(Strategy):
                 rejected.append(f"node {msg.metadata.src_node_id}: {exc}")
                 continue
             entries.append((partition, weight, msg))
+        # Clients that sent nothing before the round's deadline (hung, or their actor died
+        # without an error reply): counted and named, the round goes on with the others.
+        missing = len(self._sample.partitions) - len(replies)
+        if missing > 0:
+            answered = {partition for partition, _, _ in entries}
+            unnamed = len(replies) > len(entries)  # error replies name nodes, not partitions
+            silent = sorted(sampled - answered)
+            for i in range(missing):
+                who = "a client" if unnamed else f"client {silent[i]}"
+                rejected.append(f"{who}: no reply before the round's deadline")
         entries.sort(key=lambda entry: entry[0])
         # Decode each reply straight into a row of one buffer: a round's updates can be
         # hundreds of MB, so no per-reply vectors, no stacking copy.

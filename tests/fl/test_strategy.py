@@ -272,3 +272,21 @@ def test_waiting_for_nodes_that_never_come_ends_with_a_message() -> None:
     with pytest.raises(TimeoutError, match=r"backend.min_nodes=3: only 1 node\(s\) connected"):
         wait_for_nodes(OneNode(), 3, poll=0.01, timeout=0.05)  # type: ignore[arg-type]
     assert wait_for_nodes(OneNode(), 1, timeout=0.0) == [7]  # type: ignore[arg-type]
+
+
+def test_clients_that_never_reply_are_counted_and_named_and_the_round_goes_on() -> None:
+    strategy = make_strategy(Defense(rule=mean), num_clients=4)
+    msgs = configure(strategy, nodes=[1, 2, 3, 4])
+    # clients 1 and 3 hang past the deadline: Flower hands over only the replies it has
+    replies = [reply(msgs[0], shifted([1.0, 1.0, 1.0])), reply(msgs[2], shifted([3.0, 3.0, 3.0]))]
+
+    arrays, _ = strategy.aggregate_train(1, replies)
+
+    record = strategy.record
+    assert record is not None and record.n_clients == 2 and record.n_rejected == 2
+    assert sorted(record.rejected) == [
+        "client 1: no reply before the round's deadline",
+        "client 3: no reply before the round's deadline",
+    ]
+    assert arrays is not None
+    assert torch.allclose(to_state_dict(arrays)["w"], GLOBAL["w"] + 2.0)
