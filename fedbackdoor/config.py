@@ -134,6 +134,7 @@ KEY_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "attack.follows_protocol": (lambda v: isinstance(v, bool), "true or false"),
     "gradient_analysis": (lambda v: isinstance(v, bool), "true or false"),
     "posttrain.every": _optional(_int_at_least(1)),
+    "checkpoint.every": _optional(_int_at_least(1)),
     "posttrain.server_size": _int_at_least(1),
     "backend.client_resources.num_cpus": _number_above(0),
     "backend.client_resources.num_gpus": _number_from(0),

@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -205,6 +205,23 @@ class PrivacyLedger:
                 noise_multiplier=noise_multiplier, sample_rate=sample_rate
             )
         return self.epsilon(client)
+
+    def state_dict(self) -> dict[str, list[list[float]]]:
+        """Every client's accountant history (``[sigma, sample_rate, steps]`` entries), for a
+        checkpoint; :meth:`load_state_dict` restores it exactly."""
+        return {
+            str(client): [[float(v) for v in entry] for entry in accountant.history]  # type: ignore[attr-defined]
+            for client, accountant in self._accountants.items()
+        }
+
+    def load_state_dict(self, state: Mapping[str, Sequence[Sequence[float]]]) -> None:
+        from opacus.accountants import create_accountant
+
+        self._accountants = {}
+        for client, history in state.items():
+            accountant = create_accountant(self.kind)
+            accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]  # type: ignore[attr-defined]
+            self._accountants[int(client)] = accountant
 
     def max_epsilon(self) -> float:
         """The largest epsilon of any client so far (0 before any DP-SGD round)."""

@@ -106,6 +106,7 @@ class MetricsWriter:
         extra_columns: Sequence[str] = (),
         *,
         columns: Sequence[str] = COLUMNS,
+        keep_through: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,10 +115,23 @@ class MetricsWriter:
         at = columns.index("backdoor_acc") + 1 if "backdoor_acc" in columns else len(columns)
         extra = tuple(c for c in extra_columns if c not in columns)
         self.columns: tuple[str, ...] = columns[:at] + extra + columns[at:]
-        self._file: IO[str] = self.path.open("w", newline="")
+        kept = self._rows_through(keep_through) if keep_through is not None else []
+        with atomic_path(self.path) as tmp, tmp.open("w", newline="") as out:
+            writer = csv.DictWriter(out, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(kept)
+        self._file: IO[str] = self.path.open("a", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
-        self._writer.writeheader()
-        self._file.flush()
+
+    def _rows_through(self, last: int) -> list[dict[str, str]]:
+        """The file's rows of rounds <= ``last`` (a resumed run keeps them as they are)."""
+        if not self.path.exists():
+            return []
+        with self.path.open(newline="") as existing:
+            reader = csv.DictReader(existing)
+            if tuple(reader.fieldnames or ()) != self.columns:
+                raise ValueError(f"{self.path}: its columns are not this run's")
+            return [row for row in reader if int(row["round"]) <= last]
 
     def write(self, row: Mapping[str, object]) -> None:
         unknown = set(row) - set(self.columns)
@@ -287,6 +301,9 @@ class RunRecorder:
         meta: Mapping[str, object] | None = None,
         label: str | None = None,
         privacy: PrivacyLedger | None = None,
+        resume_after: int | None = None,
+        diverged: Sequence[int] = (),
+        skipped: Sequence[int] = (),
     ) -> None:
         self.run_dir = run_dir
         self.privacy = privacy
@@ -295,11 +312,19 @@ class RunRecorder:
         self.started = time.perf_counter()
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg_yaml)
-        write_run_status(run_dir, status="running", num_rounds=num_rounds, **dict(meta or {}))
-        self.writer = MetricsWriter(run_dir / "metrics.csv", extra_columns=columns)
-        self.clients = MetricsWriter(run_dir / "clients.csv", columns=CLIENT_COLUMNS)
-        self.diverged: list[int] = []
-        self.skipped: list[int] = []
+        status: dict[str, object] = {"status": "running", "num_rounds": num_rounds}
+        if resume_after is not None:
+            status["resumed_after"] = resume_after
+        write_run_status(run_dir, **status, **dict(meta or {}))
+        # Resuming after round r keeps the rows through r and drops any written after it.
+        self.writer = MetricsWriter(
+            run_dir / "metrics.csv", extra_columns=columns, keep_through=resume_after
+        )
+        self.clients = MetricsWriter(
+            run_dir / "clients.csv", columns=CLIENT_COLUMNS, keep_through=resume_after
+        )
+        self.diverged: list[int] = list(diverged)
+        self.skipped: list[int] = list(skipped)
 
     def say(self, text: str) -> None:
         """A line on the terminal, with the run's label."""

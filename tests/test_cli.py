@@ -317,3 +317,58 @@ def test_a_complete_single_run_is_not_run_again(tmp_path: Path) -> None:
     assert result.stdout.strip().splitlines()[-1] == str(run_dir.resolve())
     after = {p.name: p.read_text() for p in run_dir.iterdir() if p.name not in NOT_RESULTS}
     assert after == before  # its rows are not truncated
+
+
+RESUMABLE = [
+    *[o for o in TINY if not o.startswith("num_rounds")],
+    "num_rounds=10",
+    "attack=badnets",
+    "attack.fraction=0.5",
+    "defense=adaptive_clip",  # keeps state across rounds and draws noise from its stream
+    "client_dp=dpsgd",  # the clients' privacy accounts live on the server
+    "checkpoint.every=2",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", [3, 6])
+def test_a_run_killed_mid_way_resumes_exactly(
+    kill_at: int, tmp_path: Path, data_cache: str
+) -> None:
+    from fedbackdoor.run_files import TIMING_COLUMNS
+
+    # Prepare: the run uninterrupted, for reference
+    reference = tmp_path / "reference"
+    first = fedbackdoor("run", *RESUMABLE, f"hydra.run.dir={reference}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+
+    # Execute: the same run killed with SIGKILL (no handler runs) once it logged round
+    # kill_at, then the same command again
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "fedbackdoor", "run", *RESUMABLE, f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    metrics = run_dir / "metrics.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (
+        not metrics.exists() or len(metrics.read_text().splitlines()) < kill_at + 2
+    ):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(30)
+    rows_at_kill = len(pd.read_csv(metrics))
+    again = fedbackdoor("run", *RESUMABLE, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+
+    # Assert: resumed from a checkpoint, and every row (timing aside) equals the reference's
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert 1 <= rows_at_kill - 1 < 10, "the kill came too late to test a resume"
+    assert "resumed after round" in again.stdout
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "complete" and status["resumed_after"] % 2 == 0
+    for name in ("metrics.csv", "clients.csv"):
+        want = pd.read_csv(reference / name).drop(columns=list(TIMING_COLUMNS), errors="ignore")
+        got = pd.read_csv(run_dir / name).drop(columns=list(TIMING_COLUMNS), errors="ignore")
+        pd.testing.assert_frame_equal(got, want)
+    assert not (run_dir / "checkpoint.pt").exists()  # the final model.pt replaces it

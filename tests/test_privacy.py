@@ -225,3 +225,20 @@ def test_gradient_analysis_equals_a_loop_over_examples(batchnorm: bool) -> None:
         cosine = float(nn.functional.cosine_similarity(mean_p, mean_c, dim=0))
         assert stats[f"cosine{suffix}"] == pytest.approx(cosine, rel=1e-5, abs=1e-7)
     assert not model.training  # the caller's mode is restored
+
+
+def test_the_ledger_state_round_trips_exactly() -> None:
+    from fedbackdoor.privacy import PrivacyLedger
+
+    ledger = PrivacyLedger(1e-5, "rdp")
+    ledger.spend(3, noise_multiplier=1.1, sample_rate=0.05, steps=40)
+    ledger.spend(3, noise_multiplier=1.1, sample_rate=0.05, steps=40)
+    ledger.spend(7, noise_multiplier=0.0, sample_rate=0.1, steps=5)
+
+    restored = PrivacyLedger(1e-5, "rdp")
+    restored.load_state_dict(ledger.state_dict())
+
+    assert restored.epsilon(3) == ledger.epsilon(3) and restored.epsilon(7) == float("inf")
+    restored.spend(3, noise_multiplier=1.1, sample_rate=0.05, steps=40)
+    ledger.spend(3, noise_multiplier=1.1, sample_rate=0.05, steps=40)
+    assert restored.epsilon(3) == ledger.epsilon(3)

@@ -31,13 +31,20 @@ from flwr.serverapp import Grid, ServerApp
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fedbackdoor.checkpoint import (
+    CHECKPOINT,
+    PREVIOUS,
+    Checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fedbackdoor.config import compose_run, validate
 from fedbackdoor.experiment import build_data
 from fedbackdoor.fl.arrays import to_record, to_state_dict
 from fedbackdoor.fl.strategy import DefenseStrategy, wait_for_nodes
 from fedbackdoor.posttrain.runner import PostTrainer
 from fedbackdoor.privacy import PrivacyLedger
-from fedbackdoor.run_files import RunRecorder
+from fedbackdoor.run_files import RunRecorder, load_metrics, read_run_status
 from fedbackdoor.seeding import make_generator
 from fedbackdoor.server import ServerWorld, build_server, poisoned_samples, prepare_server
 from fedbackdoor.stopping import STOP, Interrupted, Pruned, in_progress
@@ -108,14 +115,22 @@ def run_server(
         dp = instantiate(cfg.client_dp)
         dp.check_delta(min(len(p) for p in setup.partitions))
         ledger = PrivacyLedger(float(dp.delta), str(dp.accountant))
+    num_rounds = int(cfg.num_rounds)
+    every = cfg.get("checkpoint", {}).get("every")
+    resumed = _resumable(run_dir, cfg_yaml) if every else None
+    if resumed is not None and ledger is not None and resumed.ledger is not None:
+        ledger.load_state_dict(resumed.ledger)
     recorder = RunRecorder(
         run_dir,
         cfg_yaml,
-        num_rounds=int(cfg.num_rounds),
+        num_rounds=num_rounds,
         columns=world.evaluator.columns,
         meta=meta,
         label=label,
         privacy=ledger,
+        resume_after=None if resumed is None else resumed.round,
+        diverged=() if resumed is None else resumed.diverged,
+        skipped=() if resumed is None else resumed.skipped,
     )
     if world.fixed_for_dp:
         recorder.say(
@@ -148,10 +163,45 @@ def run_server(
     )
     model, evaluator = world.model, world.evaluator
     pruned: list[int] = []  # the round after which on_round stopped the run
+    offset = 0
+    initial_state = model.state_dict()
+    if resumed is not None:  # continue after the checkpoint's round, exactly
+        offset = strategy.round_offset = resumed.round
+        strategy.sample_generator.set_state(resumed.generators["sample"])
+        setup.step.attack_generator.set_state(resumed.generators["attack"])
+        setup.step.defense_generator.set_state(resumed.generators["defense"])
+        setup.step.defense.states.clear()
+        setup.step.defense.states.update(resumed.defense_states)
+        posttrainer.keep_through(resumed.round)
+        initial_state = resumed.model
+        recorder.say(f"resumed after round {resumed.round} from {run_dir / CHECKPOINT}")
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
+        save_checkpoint(
+            run_dir,
+            Checkpoint(
+                round=server_round,
+                model=to_state_dict(arrays),
+                generators={
+                    "sample": strategy.sample_generator.get_state(),
+                    "attack": setup.step.attack_generator.get_state(),
+                    "defense": setup.step.defense_generator.get_state(),
+                },
+                defense_states=setup.step.defense.states,
+                ledger=None if ledger is None else ledger.state_dict(),
+                config=cfg_yaml,
+                diverged=recorder.diverged,
+                skipped=recorder.skipped,
+            ),
+        )
+
+    def evaluate_fn(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        server_round = flower_round + offset
         if STOP.is_set():  # the process is being interrupted: no more rounds
             raise Interrupted(f"{run_dir}: interrupted before round {server_round} was logged")
+        if flower_round == 0 and offset:  # resumed: the checkpoint's round is logged already
+            warm_up.wait()
+            return None
         if server_round == 0:  # the initial model: evaluated while preparing
             evaluation, seconds = world.initial
             recorder.round(0, evaluation, None, seconds)
@@ -166,24 +216,28 @@ def run_server(
             )
             if posttrainer.due(server_round):
                 posttrainer.run(server_round, to_state_dict(arrays))
+            if every and server_round % int(every) == 0 and server_round < num_rounds:
+                checkpoint(server_round, arrays)
             if on_round is not None and on_round(server_round, evaluation):
                 pruned.append(server_round)
                 raise Pruned(f"{run_dir}: pruned after round {server_round}")
         return MetricRecord({k: float(v) for k, v in evaluation.items()})
 
-    initial = to_record(model.state_dict())
+    initial = to_record(initial_state)
     try:
         with in_progress(run_dir):
             result = strategy.start(
                 grid=grid,
                 initial_arrays=initial,
-                num_rounds=int(cfg.num_rounds),
+                num_rounds=num_rounds - offset,
                 timeout=float(cfg.get("round_timeout") or 3600.0),
                 evaluate_fn=evaluate_fn,
             )
             if STOP.is_set():  # rounds may have run while Ray was stopping: not a complete run
                 raise Interrupted(f"{run_dir}: interrupted")
             recorder.finish(to_state_dict(result.arrays or initial))
+            for name in (CHECKPOINT, PREVIOUS):  # model.pt is the final state now
+                (run_dir / name).unlink(missing_ok=True)
     except Pruned:
         if not pruned:  # raised by something else than this run's on_round
             raise
@@ -198,6 +252,21 @@ def run_server(
     finally:
         recorder.close()
     return recorder.writer.path
+
+
+def _resumable(run_dir: Path, cfg_yaml: str) -> Checkpoint | None:
+    """The checkpoint to continue ``run_dir`` from, if it holds an unfinished run of these
+    settings with one (:mod:`fedbackdoor.checkpoint`)."""
+    status = read_run_status(run_dir)
+    if status is None or status.get("status") == "complete":
+        return None
+    if not (run_dir / CHECKPOINT).exists() and not (run_dir / PREVIOUS).exists():
+        return None
+    try:
+        rows_through = int(load_metrics(run_dir / "metrics.csv")["round"].max())
+    except Exception:  # noqa: BLE001 (no readable rows: nothing to continue)
+        return None
+    return load_checkpoint(run_dir, cfg_yaml, rows_through)
 
 
 app = ServerApp()

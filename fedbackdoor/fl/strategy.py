@@ -81,6 +81,9 @@ class DefenseStrategy(Strategy):
         self.sample_generator = sample_generator
         self.min_nodes = min_nodes
         self.schedule = schedule or AttackSchedule()
+        #: Rounds already done before Flower's round 1 (a run resumed from a checkpoint):
+        #: Flower counts from 1 again, the run's rounds go on from here.
+        self.round_offset = 0
         #: The last round's record (read by the server's per-round logger).
         self.record: RoundRecord | None = None
         #: What the last round's clients reported besides their weights (clients.csv).
@@ -105,6 +108,7 @@ class DefenseStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset
         self.started = time.perf_counter()
         state = to_state_dict(arrays)
         self._layout = Layout.of(state, self.trainable)
@@ -152,6 +156,7 @@ class DefenseStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         assert self._layout is not None and self._params is not None
         assert self._buffers is not None and self._sample is not None
         started = time.perf_counter()

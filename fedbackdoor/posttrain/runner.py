@@ -47,6 +47,8 @@ __all__ = ["POSTTRAIN_FILE", "PostTrainer", "checkpoints"]
 
 #: A run's post-training results.
 POSTTRAIN_FILE = "posttrain.csv"
+#: Columns of posttrain.csv that hold text made of numbers ("0 3": labels), read back as text.
+_TEXT = {"flagged_labels": str, "mask_l1": str, "attack_success": str, "layer": str}
 
 
 def checkpoints(num_rounds: int, every: int | None) -> list[int]:
@@ -119,6 +121,20 @@ class PostTrainer:
 
     def __bool__(self) -> bool:
         return bool(self.defenses)
+
+    def keep_through(self, round_: int) -> None:
+        """A resumed run: keep the rows of ``posttrain.csv`` through ``round_`` (later ones are
+        recomputed). Columns a defense left empty come back as NaN, as they were written."""
+        path = self.run_dir / POSTTRAIN_FILE
+        if not self.defenses or not path.exists():
+            return
+        table = pd.read_csv(path, dtype=_TEXT)
+        kept = table[table["round"] <= round_]
+        self.rows = [
+            {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+            for row in kept.to_dict("records")
+        ]
+        self.write()
 
     def due(self, round_: int) -> bool:
         """Whether ``round_``'s global model is a checkpoint."""
