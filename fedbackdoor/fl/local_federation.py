@@ -31,6 +31,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from fedbackdoor.fl.certificates import make_certificates, make_node_keys
+
 APP_DIR = Path(__file__).resolve().parents[2]  # the folder with pyproject.toml
 
 
@@ -86,6 +88,8 @@ def run_local_federation(
     supernodes: int | None = None,
     workdir: Path | None = None,
     timeout: float = 1800.0,
+    tls: bool = False,
+    node_auth: bool = False,
 ) -> Path:
     """Run one experiment with ``flwr run``; return its run directory.
 
@@ -101,7 +105,18 @@ def run_local_federation(
         ``outputs/flwr``).
     timeout : float
         Seconds before ``flwr run`` is given up.
+    tls : bool
+        Encrypt the SuperLink's connections (SuperNodes and the ``flwr`` CLI) with TLS, with
+        certificates made for this run (:func:`fedbackdoor.fl.certificates.make_certificates`,
+        in ``workdir/certificates``) instead of ``--insecure``.
+    node_auth : bool
+        With ``tls``: the SuperLink accepts only registered SuperNodes
+        (``--enable-supernode-auth``); each SuperNode gets a key pair
+        (:func:`~fedbackdoor.fl.certificates.make_node_keys`), its public key is registered with
+        ``flwr supernode register`` and it signs in with its private key.
     """
+    if node_auth and not tls:
+        raise ValueError("node_auth needs tls (Flower refuses SuperNode authentication without)")
     if supernodes is not None and supernodes < 1:
         raise ValueError(f"supernodes={supernodes} must be >= 1")
     workdir = (workdir or Path(tempfile.mkdtemp(prefix="local-", dir=_outputs()))).resolve()
@@ -109,9 +124,25 @@ def run_local_federation(
     home = workdir / "flwr-home"
     home.mkdir(exist_ok=True)
     port = _free_port()
+    certificates = make_certificates(workdir / "certificates") if tls else None
+    security = (
+        "insecure = true" if certificates is None else f'root-certificates = "{certificates.ca}"'
+    )
     (home / "config.toml").write_text(
         '[superlink]\ndefault = "fedbackdoor"\n\n'
-        f'[superlink.fedbackdoor]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+        f'[superlink.fedbackdoor]\naddress = "127.0.0.1:{port}"\n{security}\n'
+    )
+    link_security = (
+        ["--insecure"]
+        if certificates is None
+        else [
+            "--ssl-ca-certfile", str(certificates.ca),
+            "--ssl-certfile", str(certificates.server_cert),
+            "--ssl-keyfile", str(certificates.server_key),
+        ]
+    )  # fmt: skip
+    node_security = (
+        ["--insecure"] if certificates is None else ["--root-certificates", str(certificates.ca)]
     )
     env = {
         **os.environ,
@@ -130,7 +161,7 @@ def run_local_federation(
         overrides.append(f"backend.min_nodes={supernodes}")
     superlink = [
         _bin("flower-superlink"),
-        "--insecure",
+        *link_security,
         "--host",
         "127.0.0.1",
         "--port",
@@ -140,6 +171,8 @@ def run_local_federation(
     ]
     if supernodes is None:
         superlink.append("--simulation")
+    elif node_auth:
+        superlink.append("--enable-supernode-auth")
     run_config = f'overrides="{shlex.join(overrides)}" output-dir="{workdir / "runs"}"'
     command = [
         _bin("flwr"),
@@ -160,12 +193,23 @@ def run_local_federation(
         for i in range(supernodes or 0):
             node = [
                 _bin("flower-supernode"),
-                "--insecure",
+                *node_security,
                 "--superlink",
                 f"127.0.0.1:{port}",
                 "--port",
                 str(_free_port()),
             ]
+            if node_auth:
+                private, public = make_node_keys(workdir / "node-keys", f"supernode{i}")
+                registered = subprocess.run(
+                    [_bin("flwr"), "supernode", "register", str(public), "fedbackdoor"],
+                    env=env, capture_output=True, text=True, timeout=120, cwd=workdir,
+                )  # fmt: skip
+                if registered.returncode != 0:
+                    raise RuntimeError(
+                        f"flwr supernode register failed: {registered.stdout}{registered.stderr}"
+                    )
+                node += ["--auth-supernode-private-key", str(private)]
             stack.enter_context(_started(node, workdir / f"supernode{i}.log", env))
         result = subprocess.run(
             command, env=env, capture_output=True, text=True, timeout=timeout, cwd=workdir
@@ -202,7 +246,20 @@ def main(argv: Sequence[str]) -> None:
         default=None,
         help="start N SuperNodes (Deployment Runtime) instead of simulating",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="encrypt the SuperLink's connections with TLS (certificates made for the run)",
+    )
+    parser.add_argument(
+        "--node-auth",
+        action="store_true",
+        help="with --supernodes: accept only registered SuperNodes (implies --tls)",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for `fedbackdoor run`")
     args = parser.parse_args(list(argv))
-    run_dir = run_local_federation(args.overrides, supernodes=args.supernodes)
+    run_dir = run_local_federation(
+        args.overrides, supernodes=args.supernodes, tls=args.tls or args.node_auth,
+        node_auth=args.node_auth,
+    )  # fmt: skip
     print(run_dir.resolve(), flush=True)

@@ -32,11 +32,21 @@ def python_launcher_metrics(
     return pd.read_csv(run_dir / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
 
 
-@pytest.mark.parametrize("supernodes", [None, 2], ids=["simulation-runtime", "deployment-2-nodes"])
+@pytest.mark.parametrize(
+    ("supernodes", "tls"),
+    [(None, False), (2, False), (3, True)],
+    ids=["simulation-runtime", "deployment-2-nodes", "deployment-3-nodes-tls"],
+)
 def test_flwr_run_gives_the_same_rounds_as_the_python_launcher(
-    supernodes: int | None, tmp_path: Path, python_launcher_metrics: pd.DataFrame
+    supernodes: int | None, tls: bool, tmp_path: Path, python_launcher_metrics: pd.DataFrame
 ) -> None:
-    run_dir = run_local_federation(TINY, supernodes=supernodes, workdir=tmp_path, timeout=600)
+    run_dir = run_local_federation(
+        TINY, supernodes=supernodes, workdir=tmp_path, timeout=600, tls=tls, node_auth=tls
+    )
 
     metrics = pd.read_csv(run_dir / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
     pd.testing.assert_frame_equal(metrics, python_launcher_metrics)
+    if tls:  # the SuperLink served HTTPS and admitted only the registered SuperNodes
+        log = (tmp_path / "superlink.log").read_text()
+        assert "running on https://" in log and "authentication is disabled" not in log
+        assert log.count("Activated node_id") == supernodes
