@@ -9,6 +9,7 @@ weights; server-side model poisoning happens where the round's updates are gathe
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -124,9 +125,12 @@ def client_update(
     Server-side model poisoning (scaling, ALIE, ...) is applied to the stacked updates where
     the round's updates are gathered: see :mod:`fedbackdoor.attacks._contract`.
     """
+    started = time.perf_counter()
     world = prepare_client(cfg_yaml)
     cfg, data, model = world.cfg, world.data, world.model
     device = resolve_device(str(cfg.device))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     seed = int(cfg.seed)
     idx = torch.as_tensor(spec.indices, dtype=torch.long)
     x, y = data.x_train[idx], data.y_train[idx]
@@ -205,4 +209,21 @@ def client_update(
         state = constraint.finish(state, global_state)
     if spec.malicious and world.corrupt is not None:
         state = world.corrupt(state)  # broken weights: see attacks.corrupt
+    report.update(resources(device, started))
     return state, result, report
+
+
+def resources(device: torch.device, started: float) -> dict[str, float]:
+    """The client's round in time and memory: seconds since ``started``, the process's peak
+    resident memory so far (MB; ``ru_maxrss``, KiB on Linux) and, on a GPU, the round's peak
+    CUDA memory (MB)."""
+    out = {"client_seconds": time.perf_counter() - started}
+    try:
+        import resource  # noqa: PLC0415 (POSIX only)
+
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    except ImportError:  # pragma: no cover (Windows)
+        pass
+    if device.type == "cuda":
+        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out

@@ -26,6 +26,7 @@ from fedbackdoor.plots import (
 )
 from fedbackdoor.results import (
     SkippedRunWarning,
+    client_resources,
     find_runs,
     gather_clients,
     gather_posttrain,
@@ -125,6 +126,9 @@ def write_report(
     clients = gather_clients(root, rounds)
     if not posttrain.empty:
         summary = summary.merge(posttrain_summary(posttrain), on="run", how="left")
+    resources = client_resources(clients)
+    if not resources.empty:
+        summary = summary.merge(resources, on="run", how="left")
 
     out = root / REPORT_DIR
     out.mkdir(exist_ok=True)

@@ -538,6 +538,38 @@ def posttrain_summary(posttrain: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def client_resources(clients: pd.DataFrame) -> pd.DataFrame:
+    """One row per run from its ``clients.csv``: ``client_seconds`` (the mean seconds a client
+    took for a round), ``client_seconds_max``, ``peak_rss_mb`` (the largest resident memory of
+    any process that trained a client) and ``gpu_peak_mb`` (the largest CUDA memory of a
+    client's round; NaN without a GPU). Runs whose clients did not record them are left out."""
+    columns = ["run", "client_seconds", "client_seconds_max", "peak_rss_mb", "gpu_peak_mb"]
+    if clients.empty or "client_seconds" not in clients:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for name, run in clients.groupby("run", sort=False):
+        seconds = pd.to_numeric(run["client_seconds"], errors="coerce").dropna()
+        if seconds.empty:
+            continue
+
+        def peak(column: str, run: pd.DataFrame = run) -> float:
+            if column not in run:
+                return math.nan
+            values = pd.to_numeric(run[column], errors="coerce").dropna()
+            return float(values.max()) if len(values) else math.nan
+
+        rows.append(
+            {
+                "run": name,
+                "client_seconds": float(seconds.mean()),
+                "client_seconds_max": float(seconds.max()),
+                "peak_rss_mb": peak("peak_rss_mb"),
+                "gpu_peak_mb": peak("gpu_peak_mb"),
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _missing_cell(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 

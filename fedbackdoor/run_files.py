@@ -55,7 +55,10 @@ COLUMNS: tuple[str, ...] = (
 #: Columns of ``clients.csv``: one row per client and round, what the client measured besides
 #: its weights (blank where it did not: DP-SGD, sanitization, gradient analysis). ``dp_epsilon``
 #: is the client's spending so far at ``client_dp.delta`` (composed over its rounds by
-#: :class:`~fedbackdoor.privacy.PrivacyLedger`).
+#: :class:`~fedbackdoor.privacy.PrivacyLedger`). ``client_seconds`` is the client's own time for
+#: the round, ``peak_rss_mb`` the peak resident memory of the process (the Ray actor or
+#: SuperNode app) that trained it so far, ``gpu_peak_mb`` its peak CUDA memory in the round
+#: (blank without a GPU), as BackFed logs them.
 CLIENT_COLUMNS: tuple[str, ...] = (
     "round",
     "client",
@@ -74,6 +77,9 @@ CLIENT_COLUMNS: tuple[str, ...] = (
     "grad_poison_norm_clipped",
     "grad_clean_norm_clipped",
     "grad_cosine_clipped",
+    "client_seconds",
+    "peak_rss_mb",
+    "gpu_peak_mb",
 )
 
 
@@ -87,8 +93,15 @@ class ClientReport:
     values: Mapping[str, float]
 
 
-#: The columns that measure time: everything else is reproducible from the config and seed.
-TIMING_COLUMNS: tuple[str, ...] = ("seconds", "aggregate_seconds")
+#: The columns that measure the machine (time, memory): everything else is reproducible from
+#: the config and seed.
+TIMING_COLUMNS: tuple[str, ...] = (
+    "seconds",
+    "aggregate_seconds",
+    "client_seconds",
+    "peak_rss_mb",
+    "gpu_peak_mb",
+)
 
 
 def _cell(value: object) -> object:

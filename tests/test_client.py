@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -58,6 +60,25 @@ def test_client_update_is_reproducible() -> None:
     b, _, _ = client_update(cfg_yaml, start, spec)
 
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_client_reports_its_time_and_memory_and_nothing_else_unasked() -> None:
+    import resource
+
+    cfg_yaml = OmegaConf.to_yaml(compose_config(SMALL), resolve=True)
+    cfg = compose_config(SMALL)
+    data = build_data(cfg)
+    start = build_model(cfg, data).state_dict()
+    spec = ClientSpec(3, 1, False, build_partitions(cfg, data)[1])
+
+    before = time.perf_counter()
+    _, _, report = client_update(cfg_yaml, start, spec)
+    took = time.perf_counter() - before
+
+    assert set(report) == {"client_seconds", "peak_rss_mb"}  # no GPU here: no gpu_peak_mb
+    assert 0 < report["client_seconds"] <= took
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert 0 < report["peak_rss_mb"] <= peak
 
 
 def _update_norm(cfg_yaml: str, state: dict[str, torch.Tensor], spec: ClientSpec) -> float:

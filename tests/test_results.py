@@ -330,3 +330,22 @@ def test_a_whole_last_row_without_a_newline_is_kept(tmp_path: Path) -> None:
 
     assert table["round"].tolist() == [0, 1, 0, 1]
     assert table["complete"].tolist() == [True] * 4
+
+
+def test_client_resources_by_hand() -> None:
+    from fedbackdoor.results import client_resources
+
+    clients = pd.DataFrame(
+        {
+            "run": ["a", "a", "a", "b"],
+            "client_seconds": [1.0, 2.0, 6.0, 0.5],
+            "peak_rss_mb": [900.0, 1100.0, 1000.0, 500.0],
+        }
+    )
+
+    table = client_resources(clients).set_index("run")
+
+    assert table.loc["a", "client_seconds"] == 3.0 and table.loc["a", "client_seconds_max"] == 6.0
+    assert table.loc["a", "peak_rss_mb"] == 1100.0 and table.loc["b", "peak_rss_mb"] == 500.0
+    assert table["gpu_peak_mb"].isna().all()  # no GPU column recorded
+    assert client_resources(pd.DataFrame({"run": ["a"], "train_loss": [1.0]})).empty
