@@ -59,6 +59,7 @@ def test_every_documented_option_composes_and_validates(group_option: str) -> No
         ("clients_per_round=30", "clients_per_round=30"),
         ("num_rounds=0", "num_rounds=0"),
         ("round_timeout=0", "round_timeout=0"),
+        ("checkpoint.every=0", "checkpoint.every=0"),
         ("batch_size=-4", "batch_size=-4"),
         ("lr=0", "lr=0"),
         ("device=tpu", "device='tpu'"),

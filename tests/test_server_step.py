@@ -310,3 +310,13 @@ def test_validate_stacked_returns_valid_updates_without_a_copy() -> None:
     assert valid is updates and rejected == []
     with pytest.raises(ValueError, match=r"\[n, 5\]"):
         validate_stacked(updates, 5)
+
+
+def test_an_empty_round_keeps_the_global_model_and_says_why() -> None:
+    step = make_step(Defense(rule=mean))
+    params = torch.arange(6, dtype=torch.float32)
+
+    new, _, record = run(step, params, torch.empty(0, 6), [], torch.empty(0, dtype=torch.bool))
+
+    assert torch.equal(new, params)
+    assert record.skipped == "no valid update" and record.n_clients == 0
