@@ -34,6 +34,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from fedbackdoor.files import atomic_path
+from fedbackdoor.run_files import experiment_settings
 
 __all__ = ["CHECKPOINT", "PREVIOUS", "Checkpoint", "load_checkpoint", "save_checkpoint"]
 
@@ -78,16 +79,12 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     return path
 
 
-def _settings(cfg_yaml: str) -> object:
-    data = OmegaConf.to_container(OmegaConf.create(cfg_yaml))
-    return {k: v for k, v in data.items() if k != "backend"} if isinstance(data, dict) else data
-
-
 def _read(path: Path, cfg_yaml: str, rows_through: int) -> Checkpoint:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, Mapping) or payload.get("version") != _VERSION:
         raise ValueError("not a checkpoint of this version")
-    if _settings(str(payload["config"])) != _settings(cfg_yaml):
+    saved, wanted = OmegaConf.create(str(payload["config"])), OmegaConf.create(cfg_yaml)
+    if experiment_settings(saved) != experiment_settings(wanted):
         raise ValueError("written for other settings")
     round_ = int(payload["round"])
     if round_ > rows_through:

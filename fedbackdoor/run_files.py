@@ -192,19 +192,18 @@ def is_complete(run_dir: Path, cfg: DictConfig) -> bool:
     if status is None or status.get("status") != "complete" or not saved.exists():
         return False
 
-    # Compared as data, not text: the same settings in another key order are the same run.
-    # How the engine runs (backend: Ray's address, cores, runs in flight) changes no result,
-    # so a sweep resumed with other backend settings keeps its finished runs.
-    def settings(container: object) -> object:
-        return (
-            {k: v for k, v in container.items() if k != "backend"}
-            if isinstance(container, dict)
-            else container
-        )
+    return experiment_settings(OmegaConf.load(saved)) == experiment_settings(cfg)
 
-    return settings(OmegaConf.to_container(OmegaConf.load(saved))) == settings(
-        OmegaConf.to_container(cfg, resolve=True)
-    )
+
+def experiment_settings(cfg: object) -> object:
+    """A config as the data that decides what a run computes: resolved, compared as data (the
+    same settings in another key order are the same run), without the ``backend`` node (Ray's
+    address, cores, runs in flight change no result, so a run resumed with other backend
+    settings is the same run)."""
+    container = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    if isinstance(container, dict):
+        return {k: v for k, v in container.items() if k != "backend"}
+    return container
 
 
 def read_run_status(run_dir: str | Path) -> dict[str, object] | None:

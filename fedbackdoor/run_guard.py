@@ -20,7 +20,7 @@ from types import TracebackType
 
 from omegaconf import DictConfig, OmegaConf
 
-from fedbackdoor.run_files import read_run_status
+from fedbackdoor.run_files import experiment_settings, read_run_status
 
 try:
     import fcntl
@@ -30,14 +30,6 @@ except ImportError:  # pragma: no cover (Windows)
 __all__ = ["LOCK_FILE", "RunLock", "RunLocked", "other_settings"]
 
 LOCK_FILE = ".lock"
-
-
-def _settings(container: object) -> object:
-    return (
-        {k: v for k, v in container.items() if k != "backend"}
-        if isinstance(container, dict)
-        else container
-    )
 
 
 def other_settings(run_dir: Path, cfg: DictConfig) -> str | None:
@@ -50,10 +42,10 @@ def other_settings(run_dir: Path, cfg: DictConfig) -> str | None:
     if status is None and not saved.exists():
         return None
     try:
-        old = OmegaConf.to_container(OmegaConf.load(saved))
+        old = experiment_settings(OmegaConf.load(saved))
     except Exception:  # noqa: BLE001 (any unreadable file: keep it, say so)
         return "unreadable"
-    if _settings(old) == _settings(OmegaConf.to_container(cfg, resolve=True)):
+    if old == experiment_settings(cfg):
         return None
     return str((status or {}).get("status", "unknown"))
 
