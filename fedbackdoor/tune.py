@@ -760,7 +760,12 @@ def main(argv: Sequence[str]) -> None:
         "'local_epochs=range(1,5)', 'defense=choice(clip,median)'; other overrides are fixed.",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides: sweeps are searched")
-    parser.add_argument("--trials", type=int, default=DEFAULT_TRIALS)
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=DEFAULT_TRIALS,
+        help=f"trials the study holds when done: finished, pruned or failed (default {DEFAULT_TRIALS})",
+    )
     parser.add_argument("--curve", help="attacker fractions f1,f2,... of each trial's curve")
     parser.add_argument("--resistance", default="logistic", help="|".join(RESISTANCE_METHODS))
     parser.add_argument("--sampler", default="tpe", help="tpe | nsga2")
