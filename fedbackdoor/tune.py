@@ -764,7 +764,7 @@ def main(argv: Sequence[str]) -> None:
         "--trials",
         type=int,
         default=DEFAULT_TRIALS,
-        help="trials the study holds when done: finished, pruned or failed (default 40)",
+        help="trials the study holds when done: finished, pruned or failed (default %(default)s)",
     )
     parser.add_argument("--curve", help="attacker fractions f1,f2,... of each trial's curve")
     parser.add_argument("--resistance", default="logistic", help="|".join(RESISTANCE_METHODS))
