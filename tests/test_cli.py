@@ -335,7 +335,7 @@ RESUMABLE = [
 def test_a_run_killed_mid_way_resumes_exactly(
     kill_at: int, tmp_path: Path, data_cache: str
 ) -> None:
-    from fedbackdoor.run_files import TIMING_COLUMNS
+    from fedbackdoor.run_files import CLIENT_MACHINE_COLUMNS, TIMING_COLUMNS
 
     # Prepare: the run uninterrupted, for reference
     reference = tmp_path / "reference"
@@ -368,7 +368,8 @@ def test_a_run_killed_mid_way_resumes_exactly(
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "complete" and status["resumed_after"] % 2 == 0
     for name in ("metrics.csv", "clients.csv"):
-        want = pd.read_csv(reference / name).drop(columns=list(TIMING_COLUMNS), errors="ignore")
-        got = pd.read_csv(run_dir / name).drop(columns=list(TIMING_COLUMNS), errors="ignore")
+        measured = [*TIMING_COLUMNS, *CLIENT_MACHINE_COLUMNS]
+        want = pd.read_csv(reference / name).drop(columns=measured, errors="ignore")
+        got = pd.read_csv(run_dir / name).drop(columns=measured, errors="ignore")
         pd.testing.assert_frame_equal(got, want)
     assert not (run_dir / "checkpoint.pt").exists()  # the final model.pt replaces it
