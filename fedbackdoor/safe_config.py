@@ -23,6 +23,7 @@ Flower returns it to the server as the reply's error; nothing of the message is 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -91,14 +92,24 @@ def checked_config(cfg_yaml: str, node_config: Mapping[str, object] | None = Non
     ------
     UnsafeConfig
         Naming the key and the value refused; logged as an error too.
+
+    Notes
+    -----
+    Every message of a run carries the same config: an accepted one is remembered (by its
+    text and the node's prefixes), so a client checks it once per process, not once per round.
+    The returned config is shared between those calls: read it, do not change it.
     """
+    return _checked(cfg_yaml, allowed_prefixes(node_config))
+
+
+@functools.lru_cache(maxsize=8)
+def _checked(cfg_yaml: str, prefixes: tuple[str, ...]) -> DictConfig:
     try:
         cfg = OmegaConf.create(cfg_yaml)
     except Exception as exc:  # noqa: BLE001 (any parse failure is a refusal)
         raise _refuse(f"the run config is not readable YAML ({type(exc).__name__})") from None
     if not isinstance(cfg, DictConfig):
         raise _refuse("the run config is not a mapping")
-    prefixes = allowed_prefixes(node_config)
     for path, value in _walk(OmegaConf.to_container(cfg, resolve=False)):
         if isinstance(value, str) and "${" in value:
             raise _refuse(f"{path}={value!r}: interpolations are not accepted in a received config")

@@ -93,19 +93,17 @@ def main(argv: list[str]) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5, 2.5))
-    left, right = fig.subplots(1, 2)
-    left.plot(table["clients"], table["round_s"], marker="o", label="round")
-    left.plot(table["clients"], table["server_step_s"], marker="o", label="server step")
-    left.set_xscale("log")
-    left.set_xlabel("clients in the federation")
-    left.set_ylabel("seconds")
-    left.legend()
-    right.plot(table["clients"], table["driver_rss_mb"], marker="o", label="driver")
-    right.plot(table["clients"], table["client_rss_mb"], marker="o", label="client process")
-    right.set_xscale("log")
-    right.set_xlabel("clients in the federation")
-    right.set_ylabel("peak RSS (MB)")
-    right.legend()
+    panels = (
+        ("seconds", {"round_s": "round", "server_step_s": "server step"}),
+        ("peak RSS (MB)", {"driver_rss_mb": "driver", "client_rss_mb": "client process"}),
+    )
+    for ax, (ylabel, lines) in zip(fig.subplots(1, 2), panels, strict=True):
+        for column, label in lines.items():
+            ax.plot(table["clients"], table[column], marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("clients in the federation")
+        ax.set_ylabel(ylabel)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(args.out / "scale.png", dpi=150)
     print(args.out / "scale.png")
